@@ -1,0 +1,218 @@
+"""Directions in weight space: random (filter-normalized), interpolation, and their files.
+
+A direction is a list of tensors, one per target tensor of the model: the parameters
+(`dir_type="weights"`) or the state_dict entries (`dir_type="states"`, BN running
+statistics included), in that order. Random directions are drawn on the CPU from an
+explicit `torch.Generator`, so a seed gives the same direction on every device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+
+from landscape.errors import LandscapeError
+
+DIR_TYPES = ("weights", "states")
+NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
+IGNORES = ("biasbn", "none")
+_EPS = 1e-10
+
+Direction = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DirectionSpec:
+    """How a random direction is drawn and normalized (the reference code's xnorm/xignore)."""
+
+    dir_type: str = "weights"
+    norm: str = "filter"
+    ignore: str = "biasbn"
+
+    def __post_init__(self) -> None:
+        for value, allowed, flag in ((self.dir_type, DIR_TYPES, "dir_type"), (self.norm, NORMS, "norm"),
+                                     (self.ignore, IGNORES, "ignore")):
+            if value not in allowed:
+                raise LandscapeError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def target_tensors(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
+    """The (name, tensor) pairs a direction spans; the tensors share storage with the model."""
+    if dir_type == "weights":
+        return [(n, p.detach()) for n, p in model.named_parameters()]
+    if dir_type == "states":
+        return list(model.state_dict().items())
+    raise LandscapeError(f"--dir_type must be one of {', '.join(DIR_TYPES)}, got {dir_type!r}")
+
+
+def normalize_direction_(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
+    """Rescale one direction tensor in place, per Li et al. (filter = per output filter)."""
+    if norm == "filter":
+        # each filter d_i -> d_i * ||w_i|| / ||d_i||  (first dim indexes filters / output units)
+        dn = d.flatten(1).double().norm(dim=1)
+        wn = w.flatten(1).double().norm(dim=1)
+        scale = (wn / (dn + _EPS)).to(d.dtype)
+        d.mul_(scale.view(-1, *([1] * (d.dim() - 1))))
+    elif norm == "layer":
+        d.mul_((w.double().norm() / (d.double().norm() + _EPS)).to(d.dtype))
+    elif norm == "weight":
+        d.mul_(w)
+    elif norm == "dfilter":
+        dn = d.flatten(1).double().norm(dim=1)
+        d.div_((dn + _EPS).to(d.dtype).view(-1, *([1] * (d.dim() - 1))))
+    elif norm == "dlayer":
+        d.div_((d.double().norm() + _EPS).to(d.dtype))
+    elif norm == "none":
+        pass
+    else:
+        raise LandscapeError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+
+def random_direction(tensors: Sequence[torch.Tensor], norm: str = "filter", ignore: str = "biasbn",
+                     generator: torch.Generator | None = None) -> Direction:
+    """A random direction shaped like `tensors`, normalized per tensor; new CPU tensors.
+
+    Tensors with at most one dimension (biases, BN parameters and statistics) get a zero
+    direction with `ignore="biasbn"`, otherwise a copy of the weight (the reference code's
+    rule). Integer buffers (BN's num_batches_tracked) always get zeros: they are never moved.
+    """
+    if norm not in NORMS:
+        raise LandscapeError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if ignore not in IGNORES:
+        raise LandscapeError(f"ignore must be one of {', '.join(IGNORES)}, got {ignore!r}")
+    out = []
+    for w in tensors:
+        w = w.detach().cpu()
+        if not w.is_floating_point():
+            out.append(torch.zeros(w.shape))
+            continue
+        d = torch.randn(w.shape, generator=generator, dtype=w.dtype)  # drawn for every tensor, as the reference
+        if w.dim() <= 1:
+            if ignore == "biasbn":
+                d.zero_()
+            else:
+                d.copy_(w)
+        else:
+            normalize_direction_(d, w, norm)
+        out.append(d)
+    return out
+
+
+def interpolation_direction(theta1: Sequence[torch.Tensor], theta2: Sequence[torch.Tensor]) -> Direction:
+    """theta2 - theta1 per tensor (x=0 is model 1, x=1 is model 2); zeros for integer buffers."""
+    if len(theta1) != len(theta2):
+        raise LandscapeError(f"the two checkpoints have {len(theta1)} and {len(theta2)} tensors; they must share an architecture")
+    out = []
+    for a, b in zip(theta1, theta2):
+        if a.shape != b.shape:
+            raise LandscapeError(f"the two checkpoints differ in shape ({tuple(a.shape)} vs {tuple(b.shape)}); they must share an architecture")
+        a, b = a.detach().cpu(), b.detach().cpu()
+        out.append(b - a if a.is_floating_point() else torch.zeros(a.shape))
+    return out
+
+
+@dataclass
+class Directions:
+    """The x direction and, for 2-D surfaces, the y direction, plus the settings that made them."""
+
+    x: Direction
+    y: Direction | None = None
+    names: list[str] = field(default_factory=list)  # target tensor names, for shape checks
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    def fingerprint(self) -> str:
+        """sha256 of the direction values (not of the file, whose bytes may vary)."""
+        h = hashlib.sha256()
+        for d in (self.x, self.y or []):
+            for t in d:
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def check_against(self, tensors: Sequence[tuple[str, torch.Tensor]], where: str = "direction file") -> None:
+        """Raise a one-line error unless the directions fit these target tensors."""
+        if len(self.x) != len(tensors):
+            raise LandscapeError(
+                f"{where} has {len(self.x)} tensors but the model has {len(tensors)} "
+                f"(made for {self.attrs.get('arch', '?')}, dir_type={self.attrs.get('dir_type', '?')}); "
+                "use a direction file made for this architecture and dir_type, or drop --dir_file"
+            )
+        for i, (d, (name, w)) in enumerate(zip(self.x, tensors)):
+            dy = self.y[i] if self.y is not None else d
+            if d.shape != w.shape or dy.shape != w.shape:
+                raise LandscapeError(
+                    f"{where} tensor {i} has shape {tuple(d.shape)} but {name} has {tuple(w.shape)}; "
+                    "the file was made for another architecture"
+                )
+
+
+def make_directions(tensors: Sequence[tuple[str, torch.Tensor]], spec: DirectionSpec, seed: int,
+                    ndim: int = 2, same_dir: bool = False, yspec: DirectionSpec | None = None) -> Directions:
+    """Random x (and y) directions from one seeded CPU generator: x first, then y."""
+    g = torch.Generator().manual_seed(seed)
+    ws = [w for _, w in tensors]
+    x = random_direction(ws, spec.norm, spec.ignore, generator=g)
+    y = None
+    yspec = yspec or spec
+    if ndim == 2:
+        y = [t.clone() for t in x] if same_dir else random_direction(ws, yspec.norm, yspec.ignore, generator=g)
+    attrs = {"kind": "random", "seed": seed, "same_dir": same_dir,
+             "xnorm": spec.norm, "xignore": spec.ignore, "ynorm": yspec.norm, "yignore": yspec.ignore,
+             "dir_type": spec.dir_type}
+    return Directions(x, y, [n for n, _ in tensors], attrs)
+
+
+def save_directions(path: str | os.PathLike, dirs: Directions) -> None:
+    """Write the reference code's layout (groups xdirection/ydirection, datasets "0", "1", ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w", locking=False) as f:
+        for group, d in (("xdirection", dirs.x), ("ydirection", dirs.y)):
+            if d is None:
+                continue
+            g = f.create_group(group)
+            for i, t in enumerate(d):
+                g[str(i)] = t.detach().cpu().numpy()
+        f.attrs["names"] = json.dumps(dirs.names)
+        for k, v in dirs.attrs.items():
+            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+    os.replace(tmp, path)
+
+
+def load_directions(path: str | os.PathLike) -> Directions:
+    """Read a direction file written here or by the reference code."""
+    path = Path(path)
+    if not path.is_file():
+        raise LandscapeError(f"direction file {str(path)!r} does not exist; omit --dir_file to draw new directions")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise LandscapeError(f"{str(path)!r} is not a readable HDF5 direction file ({e})") from None
+    with f:
+        if "xdirection" not in f:
+            raise LandscapeError(f"{str(path)!r} has no 'xdirection' group: not a direction file")
+
+        def read(group: str) -> Direction:
+            g = f[group]
+            return [torch.from_numpy(np.asarray(g[str(i)][()])) for i in range(len(g))]
+
+        x = read("xdirection")
+        y = read("ydirection") if "ydirection" in f else None
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v)
+                 for k, v in f.attrs.items()}
+    names = json.loads(attrs.pop("names")) if "names" in attrs else []
+    return Directions(x, y, names, attrs)

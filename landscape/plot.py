@@ -1,0 +1,317 @@
+"""Figures from surfaces: contour, filled contour, heat map, 3-D surface and 1-D loss/accuracy.
+
+Works on `Surface` objects only (storage.py) and uses matplotlib's object API: every
+figure is a `matplotlib.figure.Figure`, never pyplot's global state, and no backend is
+chosen here. Each drawing function takes an optional `ax` and returns the artist (or
+axes) that a caller needs; `.axes` and `.axes.figure` lead from an artist to the rest.
+
+Points that are not done are masked (not drawn). Values at done points are drawn as
+they are, except the non-finite ones (a diverged point): NaN and +inf are drawn as the
+top of the range, -inf as the bottom.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.collections import QuadMesh
+from matplotlib.contour import QuadContourSet
+from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+from landscape.errors import LandscapeError
+from landscape.storage import Surface
+
+DPI = 150
+CMAP = "viridis"  # contour, filled contour, heat map
+CMAP_3D = "coolwarm"  # the reference code's 3-D colour map
+LINE_METRICS = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _values(surf: Surface, metric: str, low: float, high: float) -> np.ma.MaskedArray:
+    """The metric with not-done points masked, NaN/+inf at done points set to `high`, -inf to `low`."""
+    if metric not in surf.metrics:
+        raise LandscapeError(
+            f"metric {metric!r} is not in the surface; available: {', '.join(sorted(surf.metrics)) or 'none'}"
+        )
+    if not surf.done.any():
+        raise LandscapeError("the surface has no computed point yet; compute some with scripts/plot_surface.py")
+    z = np.array(surf.metrics[metric], dtype=np.float64)  # a copy: the surface is not changed
+    done = surf.done
+    z[done & (np.isnan(z) | np.isposinf(z))] = high
+    z[done & np.isneginf(z)] = low
+    return np.ma.masked_array(z, mask=~done)
+
+
+def _check_range(vmin: float, vmax: float, vlevel: float | None = None) -> None:
+    if not vmin < vmax:
+        raise LandscapeError(f"vmin must be below vmax, got vmin={vmin} and vmax={vmax}")
+    if vlevel is not None and not vlevel > 0:
+        raise LandscapeError(f"vlevel must be positive, got {vlevel}")
+
+
+def _need_2d(surf: Surface, what: str) -> None:
+    if surf.ndim != 2:
+        raise LandscapeError(f"a {what} needs a 2-D surface, this one is 1-D; use scripts/plot_1d.py")
+    if min(surf.shape) < 2:
+        ny, nx = surf.shape
+        raise LandscapeError(f"a {what} needs at least 2 points along x and y, the grid has nx={nx}, ny={ny}")
+
+
+def _axes(ax: Axes | None, projection: str | None = None) -> Axes:
+    if ax is None:
+        return Figure().add_subplot(projection=projection)
+    if projection is not None and ax.name != projection:
+        raise ValueError(f"ax must be a {projection!r} axes, got a {ax.name!r} axes")
+    return ax
+
+
+def _title(metric: str) -> str:
+    return metric.replace("_", " ")
+
+
+def _label_xy(ax: Axes) -> None:
+    ax.set_xlabel("x (direction 1)")
+    ax.set_ylabel("y (direction 2)")
+
+
+# ---------------------------------------------------------------------------- 2-D
+
+
+def contour(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    ax: Axes | None = None,
+) -> QuadContourSet:
+    """Contour lines at `np.arange(vmin, vmax, vlevel)` with inline labels (the reference's plot)."""
+    _need_2d(surf, "contour plot")
+    _check_range(vmin, vmax, vlevel)
+    z = _values(surf, metric, vmin, vmax)  # (ny, nx)
+    ax = _axes(ax)
+    cs = ax.contour(surf.x, surf.y, z, levels=np.arange(vmin, vmax, vlevel), cmap=CMAP)
+    ax.clabel(cs, inline=True, fontsize=8)
+    _label_xy(ax)
+    ax.set_title(_title(metric))
+    return cs
+
+
+def contourf(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    ax: Axes | None = None,
+) -> QuadContourSet:
+    """Filled contours between `np.arange(vmin, vmax, vlevel)`, values outside drawn in the end colours."""
+    _need_2d(surf, "filled contour plot")
+    _check_range(vmin, vmax, vlevel)
+    z = _values(surf, metric, vmin, vmax)  # (ny, nx)
+    ax = _axes(ax)
+    cs = ax.contourf(surf.x, surf.y, z, levels=np.arange(vmin, vmax, vlevel), cmap=CMAP, extend="both")
+    ax.figure.colorbar(cs, ax=ax)
+    _label_xy(ax)
+    ax.set_title(_title(metric))
+    return cs
+
+
+def heatmap(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    ax: Axes | None = None,
+) -> QuadMesh:
+    """Heat map with one cell per grid point, centred on its (x, y); row = y, column = x, y upwards.
+
+    Cells extend half a step beyond the first and last coordinates; uneven grids are drawn
+    correctly. Colours span vmin..vmax; values outside take the end colours.
+    """
+    _need_2d(surf, "heat map")
+    _check_range(vmin, vmax)
+    z = _values(surf, metric, vmin, vmax)  # (ny, nx)
+    ax = _axes(ax)
+    mesh = ax.pcolormesh(surf.x, surf.y, z, shading="nearest", cmap=CMAP, vmin=vmin, vmax=vmax)
+    ax.figure.colorbar(mesh, ax=ax)
+    _label_xy(ax)
+    ax.set_title(_title(metric))
+    return mesh
+
+
+def surface3d(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float | None = None,
+    zlim: float | None = 10.0,
+    ax: Axes | None = None,
+) -> Poly3DCollection:
+    """3-D surface with z clipped to [vmin, zlim] (each bound only when given); not-done points are holes."""
+    _need_2d(surf, "3-D surface plot")
+    if vmin is not None and zlim is not None:
+        _check_range(vmin, zlim)
+    z = _values(surf, metric, -np.inf, np.inf)  # (ny, nx); infinities resolved below, from the data
+    finite = z.compressed()[np.isfinite(z.compressed())]
+    top = zlim if zlim is not None else (finite.max() if finite.size else 1.0)
+    bottom = vmin if vmin is not None else (min(finite.min(), top) if finite.size else top - 1.0)
+    zz = np.clip(z.filled(np.nan), bottom, top)  # (ny, nx); NaN = not done, left as a hole
+    ax = _axes(ax, projection="3d")
+    X, Y = np.meshgrid(surf.x, surf.y)  # (ny, nx) each
+    poly = ax.plot_surface(X, Y, zz, cmap=CMAP_3D, vmin=bottom, vmax=top, linewidth=0, antialiased=False)
+    ax.figure.colorbar(poly, ax=ax, shrink=0.5, aspect=10)
+    _label_xy(ax)
+    ax.set_zlabel(_title(metric))
+    ax.set_title(_title(metric))
+    return poly
+
+
+# ---------------------------------------------------------------------------- 1-D
+
+
+def line1d(
+    surf: Surface,
+    log: bool = False,
+    loss_max: float | None = None,
+    acc_min: float | None = None,
+    ax: Axes | None = None,
+    xlim: tuple[float | None, float | None] | None = None,
+) -> tuple[Axes, Axes | None]:
+    """Loss on the left axis (log scale if `log`), accuracy in % on the right; train solid, test dashed.
+
+    Accuracy is stored as a fraction and shown as a percentage. Returns (loss axes, accuracy
+    axes), the latter None when the surface has no accuracy.
+    """
+    if surf.ndim != 1:
+        raise LandscapeError("a 1-D plot needs a 1-D surface, this one is 2-D; use scripts/plot_2d.py")
+    losses = [m for m in ("train_loss", "test_loss") if m in surf.metrics]
+    accs = [m for m in ("train_acc", "test_acc") if m in surf.metrics]
+    if not losses and not accs:
+        raise LandscapeError(
+            f"a 1-D plot needs one of {', '.join(LINE_METRICS)}; "
+            f"the surface has {', '.join(sorted(surf.metrics)) or 'no metric'}"
+        )
+    ax = _axes(ax)
+    style = {"train": "-", "test": "--"}
+    for m in losses:
+        y = _values(surf, m, -np.inf, np.inf)  # (nx,); infinities resolved below, from the data
+        finite = y.compressed()[np.isfinite(y.compressed())]
+        top = loss_max if loss_max is not None else (finite.max() if finite.size else 1.0)
+        low = finite.min() if finite.size else top
+        y = np.ma.masked_array(np.nan_to_num(y.data, nan=top, posinf=top, neginf=low), mask=y.mask)
+        split = m.split("_")[0]
+        (ax.semilogy if log else ax.plot)(surf.x, y, "b" + style[split], lw=1, label=f"{split} loss")
+    ax.set_xlabel("x (direction)")
+    ax.set_ylabel("loss", color="b")
+    ax.tick_params(axis="y", labelcolor="b")
+    if loss_max is not None and log:
+        ax.set_ylim(top=loss_max)
+    elif loss_max is not None:
+        ax.set_ylim(0, loss_max)
+    ax_acc = None
+    if accs:
+        ax_acc = ax.twinx()
+        for m in accs:
+            a = _values(surf, m, 0.0, 1.0)  # (nx,); a NaN accuracy is not expected, drawn as the top
+            split = m.split("_")[0]
+            ax_acc.plot(surf.x, 100.0 * a, "r" + style[split], lw=1, label=f"{split} accuracy")
+        ax_acc.set_ylabel("accuracy (%)", color="r")
+        ax_acc.tick_params(axis="y", labelcolor="r")
+        ax_acc.set_ylim(acc_min if acc_min is not None else 0.0, 100.0)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    handles = [h for a in (ax, ax_acc) if a is not None for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="best", fontsize=8)
+    return ax, ax_acc
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write `stem.png` (150 dpi) and `stem.pdf`, creating folders; return both paths."""
+    paths = [Path(f"{stem}.png"), Path(f"{stem}.pdf")]  # not with_suffix: stems may hold dots
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        fig.savefig(p, dpi=DPI, bbox_inches="tight")
+    return paths
+
+
+def surface_figures(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    zlim: float | None = None,
+    log: bool = False,
+    loss_max: float | None = None,
+    acc_min: float | None = None,
+    xlim: tuple[float | None, float | None] | None = None,
+    new_figure: Callable[[], Figure] = Figure,
+) -> dict[str, Figure]:
+    """The standard figures, keyed by file-name suffix; `new_figure` makes each (pass `pyplot.figure` to show).
+
+    2-D: `<metric>_2dcontour`, `_2dcontourf`, `_2dheat`, `_3dsurface` (z clipped at `zlim`,
+    default vmax). 1-D: `1d`, and `1d_log` when `log`; `loss_max`, `acc_min` and `xlim` apply
+    to 1-D only.
+    """
+    figs: dict[str, Figure] = {}
+    if surf.ndim == 2:
+        _values(surf, metric, vmin, vmax)  # fail early, before any figure exists
+        for name, draw in (
+            ("2dcontour", lambda a: contour(surf, metric, vmin, vmax, vlevel, ax=a)),
+            ("2dcontourf", lambda a: contourf(surf, metric, vmin, vmax, vlevel, ax=a)),
+            ("2dheat", lambda a: heatmap(surf, metric, vmin, vmax, ax=a)),
+        ):
+            fig = new_figure()
+            draw(fig.add_subplot())
+            figs[f"{metric}_{name}"] = fig
+        fig = new_figure()
+        surface3d(surf, metric, zlim=vmax if zlim is None else zlim, ax=fig.add_subplot(projection="3d"))
+        figs[f"{metric}_3dsurface"] = fig
+    else:
+        for name, is_log in (("1d", False), ("1d_log", True)):
+            if is_log and not log:
+                continue
+            fig = new_figure()
+            line1d(surf, log=is_log, loss_max=loss_max, acc_min=acc_min, ax=fig.add_subplot(), xlim=xlim)
+            figs[name] = fig
+    return figs
+
+
+def plot_surface_figures(
+    surf: Surface,
+    out_stem: str | Path,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    zlim: float | None = None,
+    log: bool = False,
+    loss_max: float | None = None,
+    acc_min: float | None = None,
+    xlim: tuple[float | None, float | None] | None = None,
+) -> list[Path]:
+    """Draw the standard figures (see `surface_figures`) and write each as `<out_stem>_<suffix>.png/.pdf`.
+
+    Returns every path written.
+    """
+    figs = surface_figures(surf, metric, vmin, vmax, vlevel, zlim, log, loss_max, acc_min, xlim)
+    return [p for suffix, fig in figs.items() for p in save_figure(fig, f"{out_stem}_{suffix}")]
+
+
+def has_display() -> bool:
+    """Whether a window can open: always on macOS and Windows; on Linux, with DISPLAY or WAYLAND_DISPLAY set."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))

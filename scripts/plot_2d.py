@@ -1,0 +1,63 @@
+"""Plot a 2-D loss surface: contour, filled contour, heat map and 3-D surface (png + pdf).
+
+Accepts the reference code's plot_2D.py flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
+from landscape.plot import has_display, plot_surface_figures, surface_figures  # noqa: E402
+from landscape.storage import read_surface  # noqa: E402
+
+EXAMPLE = """example:
+  python scripts/plot_surface.py          # computes a surface and prints its .h5 path
+  python scripts/plot_2d.py --surf_file results/surface.h5 --surf_name train_loss \\
+      --vmin 0.1 --vmax 10 --vlevel 0.5 --zlim 10
+  # writes results/surface_train_loss_2dcontour.png/.pdf, _2dcontourf, _2dheat, _3dsurface
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--surf_file", required=True, help="the surface .h5 file (ours or the reference code's)")
+    p.add_argument("--surf_name", default="train_loss", help="the metric to plot (default: train_loss)")
+    p.add_argument("--vmin", type=float, default=0.1, help="lowest contour level and colour (default: 0.1)")
+    p.add_argument("--vmax", type=float, default=10.0, help="contour levels and colours stop below it (default: 10)")
+    p.add_argument("--vlevel", type=float, default=0.5, help="step between contour levels (default: 0.5)")
+    p.add_argument("--zlim", type=float, default=10.0, help="the 3-D surface is clipped above it (default: 10)")
+    p.add_argument("--show", action="store_true", help="also open the figures in windows, when a display exists")
+    p.add_argument("--out", default=None, help="output file stem (default: the surface file path without .h5)")
+    return p.parse_args(argv)
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    surf = read_surface(args.surf_file)
+    if surf.ndim != 2:
+        raise LandscapeError(f"{args.surf_file!r} holds a 1-D surface; plot it with scripts/plot_1d.py")
+    path = Path(args.surf_file)
+    out = args.out if args.out is not None else str(path.with_suffix("") if path.suffix == ".h5" else path)
+    kw = dict(metric=args.surf_name, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, zlim=args.zlim)
+    for p in plot_surface_figures(surf, out, **kw):
+        print(p)
+    if args.show and has_display():
+        import matplotlib.pyplot as plt
+
+        surface_figures(surf, **kw, new_figure=plt.figure)
+        plt.show()
+    elif args.show:
+        print("note: --show ignored: no display", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Train a registered model and save a checkpoint with metadata (and optional snapshots)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import landscape  # noqa: E402
+from landscape.checkpoint import save_checkpoint  # noqa: E402
+from landscape.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.errors import exit_on_error  # noqa: E402
+from landscape.models import get_model  # noqa: E402
+from landscape.surface import resolve_device  # noqa: E402
+from landscape.train import OPTIMIZERS, TrainConfig, train  # noqa: E402
+
+EXAMPLE = "example:\n  python scripts/train.py --model resnet20 --dataset digits --epochs 40 --out checkpoints/digits_resnet20.pt"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="registered architecture, e.g. resnet20, resnet56_noshort")
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--warmup-epochs", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=None, help="also save model_<epoch>.pt every K epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    return p.parse_args(argv)
+
+
+@exit_on_error
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                      nesterov=args.nesterov, weight_decay=args.weight_decay, optimizer=args.optimizer,
+                      warmup_epochs=args.warmup_epochs, seed=args.seed, save_every=args.save_every)
+    tr = load_dataset(args.dataset, "train", args.data_root)
+    te = load_dataset(args.dataset, "test", args.data_root)
+    norm = DEFAULT_NORMALIZATION.get(args.dataset) or _stats(tr.x)
+    import torch
+    torch.manual_seed(args.seed)
+    model = get_model(args.model, num_classes=tr.num_classes, in_channels=tr.in_channels)
+    out = Path(args.out)
+    command = "python scripts/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    meta = {"arch": args.model, "num_classes": tr.num_classes, "in_channels": tr.in_channels,
+            "dataset": args.dataset, "normalization": norm.to_dict(), "seed": args.seed,
+            "train": json.dumps(vars(args)), "command": command, "landscape_version": landscape.__version__}
+
+    def snapshot(epoch, m, metrics):
+        if epoch != cfg.epochs and cfg.save_every:
+            save_checkpoint(out.parent / f"model_{epoch}.pt", m, {**meta, "epoch": epoch, **metrics})
+
+    result = train(model, tr, norm, cfg, te, resolve_device(args.device), snapshot)
+    final = result["final"]
+    sha = save_checkpoint(out, model, {**meta, "epoch": cfg.epochs, **final})
+    print(json.dumps({"checkpoint": str(out), "sha256": sha, **final}))
+
+
+def _stats(x):
+    from landscape.data import Normalization
+    dims = (0, 2, 3)
+    return Normalization(tuple(x.mean(dims).tolist()), tuple(x.std(dims).tolist()))
+
+
+if __name__ == "__main__":
+    main()
