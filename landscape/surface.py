@@ -102,6 +102,8 @@ def compute_surface(
     `flush_seconds`, at the end, and on interruption (Ctrl-C, SIGTERM), so a rerun of
     the same call continues where this one stopped. The model holds theta0 afterwards.
     """
+    if len(setter.dirs) != grid.ndim:
+        raise ValueError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, the setter has {len(setter.dirs)} directions")
     metrics = [f"{s}_{m}" for s in evaluators for m in ("loss", "acc")]
     surf = open_surface(path, grid, settings, metrics, overwrite)
     surf.dir_file = dir_file
@@ -220,7 +222,8 @@ def run_job(job: SurfaceJob) -> JobResult:
     out = Path(job.out)
     stem = ckpt_path.stem
     dir_type = job.xspec.dir_type
-    dir_file = Path(job.dir_file) if job.dir_file else out / f"{stem}_dirs_{dir_type}_{grid.ndim}d_seed{job.seed}.h5"
+    ends = "".join(f"_to_{Path(c).stem}" for c in (job.ckpt2, job.ckpt3) if c)
+    dir_file = Path(job.dir_file) if job.dir_file else out / f"{stem}{ends}_dirs_{dir_type}_{grid.ndim}d_seed{job.seed}.h5"
     tensors = target_tensors(model, dir_type)
     dirs = _directions(job, grid, tensors, ckpt_path.name, dir_file, arch, notes)
     dirs.check_against(tensors, where=f"direction file {dir_file}")
@@ -250,7 +253,7 @@ def run_job(job: SurfaceJob) -> JobResult:
 def _directions(job: SurfaceJob, grid: Grid, tensors, ckpt_name: str, dir_file: Path, arch: str,
                 notes: list[str]) -> Directions:
     """Load the direction file if it exists (checking it fits the request), else make and save one."""
-    want = {"dir_type": job.xspec.dir_type}
+    want = {"dir_type": job.xspec.dir_type, "kind": "random" if job.ckpt2 is None else "interpolation"}
     if job.ckpt2 is None:
         want.update(kind="random", seed=job.seed, xnorm=job.xspec.norm, xignore=job.xspec.ignore)
         if grid.ndim == 2 and job.ckpt3 is None:
