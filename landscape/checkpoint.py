@@ -25,6 +25,7 @@ FORMAT = "landscape-checkpoint"
 _WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
 _OPTIONAL_KEYS = ("num_batches_tracked",)  # absent from many older checkpoints; harmless to keep fresh
+_PICKLE_MARKERS = ("GLOBAL", "add_safe_globals", "Unsupported class")  # torch's weights_only refusals of objects
 
 
 @dataclass
@@ -53,10 +54,14 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Chec
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises several types for foreign or damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not allow_pickle and "weights_only" in str(e):
+        text = str(e).strip()
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip()  # torch's own cause, after its advice
+        first = detail.splitlines()[0] if detail else type(e).__name__
+        # Only a pickled Python object (a global the safe unpickler refuses) is fixed by --allow-pickle;
+        # a damaged or foreign file also fails the safe unpickler, but with another cause.
+        if not allow_pickle and any(m in text for m in _PICKLE_MARKERS):
             raise LandscapeError(
-                f"checkpoint {str(path)!r} holds Python objects besides tensors ({first[:120]}); "
+                f"checkpoint {str(path)!r} holds Python objects besides tensors ({first.split('. ')[0][:120]}); "
                 "if you trust its source, pass --allow-pickle"
             ) from None
         raise LandscapeError(f"cannot read checkpoint {str(path)!r}: {first[:200]}") from None

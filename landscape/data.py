@@ -156,6 +156,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2 (batches re-saved that way)
     }
 
     def find_class(self, module: str, name: str):
@@ -187,6 +188,10 @@ def _cifar(name: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
                 d = _ArrayUnpickler(fh, encoding="bytes").load()
             except (pickle.UnpicklingError, EOFError, ValueError) as e:
                 raise LandscapeError(f"{folder / f} is not a CIFAR python batch file ({e})") from None
+        if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+            found = sorted(map(repr, d))[:6] if isinstance(d, dict) else type(d).__name__
+            raise LandscapeError(f"{folder / f} is not a CIFAR python batch file: it needs keys b'data' and "
+                                 f"{label_key!r}, found {found}")
         xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(d[label_key], dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -217,11 +222,13 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise LandscapeError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    if len(raw) < 4 + 4 * ndim:
+        raise LandscapeError(f"{path} is truncated: its header needs {4 + 4 * ndim} bytes, the file has {len(raw)}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise LandscapeError(f"{path} is truncated: header says {tuple(dims)}, found {data.size} values")
-    return data.reshape(dims)
+        raise LandscapeError(f"{path} is truncated: header says {dims}, found {data.size} values")
+    return data.reshape(dims).copy()  # writable: torch warns on (and must not share) a read-only buffer
 
 
 def _npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:

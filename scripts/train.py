@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=None, help="also save model_<epoch>.pt every K epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--manifest", default=None,
+                   help="record the file (command, seed, wall time, sha256, accuracies) in this MANIFEST.json")
     return p.parse_args(argv)
 
 
@@ -67,7 +69,19 @@ def main(argv=None) -> None:
     result = train(model, tr, norm, cfg, te, resolve_device(args.device), snapshot)
     final = result["final"]
     sha = save_checkpoint(out, model, {**meta, "epoch": cfg.epochs, **final})
-    print(json.dumps({"checkpoint": str(out), "sha256": sha, **final}))
+    entry = {"file": out.name, "arch": args.model, "dataset": args.dataset, "command": command, "seed": args.seed,
+             "sha256": sha, "bytes": out.stat().st_size, **final}
+    if args.manifest:
+        update_manifest(Path(args.manifest), entry)
+    print(json.dumps(entry))
+
+
+def update_manifest(path: Path, entry: dict) -> None:
+    """Replace (or add) the entry for entry["file"] in a JSON manifest, keeping the others."""
+    data = json.loads(path.read_text()) if path.exists() else {"checkpoints": []}
+    data["checkpoints"] = [e for e in data["checkpoints"] if e["file"] != entry["file"]] + [entry]
+    data["checkpoints"].sort(key=lambda e: e["file"])
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _stats(x):

@@ -1,0 +1,146 @@
+"""scripts/plot_surface.py: bad input is one `error:` line and exit 2; the reference code's flags work.
+
+`main(argv)` runs in-process (a subprocess pays ~3 s to import torch); one subprocess test
+checks what a shell sees.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from landscape.directions import DirectionSpec, make_directions, save_directions, target_tensors
+from landscape.models import get_model
+from landscape.storage import read_surface
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--n-samples", "16", "--no-progress"]
+
+
+def run_error(plot_surface, capsys, argv: list[str]) -> str:
+    """Run main, expecting exit 2 and one `error:` line on stderr; return that line."""
+    with pytest.raises(SystemExit) as e:
+        plot_surface.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("-1:1", "--x must be min:max:num like -1:1:51, got '-1:1'"),
+    ("a:1:5", "--x bounds must be numbers"),
+    ("-1:1:0", "an axis needs at least 1 point, got num=0"),
+    ("1:-1:5", "axis max must be >= min, got 1:-1"),
+    ("-1:1:2.5", "--x point count must be an integer"),
+])
+def test_bad_grid_spec(plot_surface, capsys, tmp_path: Path, spec: str, expected: str) -> None:
+    line = run_error(plot_surface, capsys, [f"--x={spec}", "--out", str(tmp_path), *SMALL])
+    assert expected in line
+    assert not any(tmp_path.iterdir())  # nothing was computed or written
+
+
+def test_y_without_x(plot_surface, capsys, tmp_path: Path) -> None:
+    line = run_error(plot_surface, capsys, ["--y=-1:1:3", "--out", str(tmp_path), *SMALL])
+    assert "--y needs --x too" in line
+
+
+def test_missing_checkpoint(plot_surface, capsys, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such.pt"
+    line = run_error(plot_surface, capsys, ["--ckpt", str(missing), "--x=-1:1:3", "--out", str(tmp_path), *SMALL])
+    assert str(missing) in line and "does not exist" in line
+
+
+def test_checkpoint_of_another_architecture(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path) -> None:
+    line = run_error(plot_surface, capsys, ["--model", "resnet32", "--model_file", str(digits_ckpt),
+                                            "--x=-1:1:3", "--out", str(tmp_path), *SMALL])
+    assert "does not fit resnet32" in line
+    assert "missing keys" in line and "closest architectures" in line
+
+
+def test_missing_dataset_folder(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path) -> None:
+    line = run_error(plot_surface, capsys, ["--ckpt", str(digits_ckpt), "--dataset", "cifar10",
+                                            "--data-root", "/nonexistent", "--x=-1:1:3", "--out", str(tmp_path), *SMALL])
+    assert "cifar10 train files not found" in line
+    assert "/nonexistent/data_batch_1" in line and "'cifar-10-batches-py'" in line
+
+
+def test_direction_file_of_another_architecture(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path) -> None:
+    other = get_model("resnet32", num_classes=10, in_channels=1)
+    dirs = make_directions(target_tensors(other, "weights"), DirectionSpec(), seed=0, ndim=2)
+    dirs.attrs["arch"] = "resnet32"
+    dir_file = tmp_path / "resnet32_dirs.h5"
+    save_directions(dir_file, dirs)
+    line = run_error(plot_surface, capsys, ["--ckpt", str(digits_ckpt), "--dir_file", str(dir_file),
+                                            "--x=-1:1:2", "--y=-1:1:2", "--out", str(tmp_path), *SMALL])
+    assert f"direction file {dir_file}" in line
+    assert "made for resnet32" in line
+    n32, n20 = len(target_tensors(other, "weights")), len(list(get_model("resnet20", in_channels=1).parameters()))
+    assert f"has {n32} tensors but the model has {n20}" in line
+
+
+def test_surface_file_of_another_run(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path) -> None:
+    surf_file = tmp_path / "surface.h5"
+    base = ["--ckpt", str(digits_ckpt), "--x=-1:1:2", "--y=-1:1:2", "--surf_file", str(surf_file),
+            "--out", str(tmp_path), *SMALL]
+    assert plot_surface.main([*base, "--seed", "0"]) == 0
+    first = read_surface(surf_file)
+    assert first.done.all() and first.settings["sample_seed"] == 0
+    capsys.readouterr()
+
+    line = run_error(plot_surface, capsys, [*base, "--seed", "1"])
+    assert f"{surf_file} was computed with other settings" in line
+    assert "sample_seed: 0 -> 1" in line
+    assert "--overwrite" in line
+    unchanged = read_surface(surf_file)  # the refused run left the file alone
+    assert np.array_equal(unchanged.metrics["train_loss"], first.metrics["train_loss"])
+
+    assert plot_surface.main([*base, "--seed", "1", "--overwrite"]) == 0
+    second = read_surface(surf_file)
+    assert second.done.all() and second.settings["sample_seed"] == 1
+    assert second.settings["directions_sha256"] != first.settings["directions_sha256"]
+    # the center is theta0 for both runs; different samples give a different loss there
+    assert not np.array_equal(second.metrics["train_loss"], first.metrics["train_loss"])
+
+
+def test_reference_flags(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--model", "resnet20", "--model_file", str(digits_ckpt), "--x=-1:1:3", "--y=-1:1:3",
+            "--dir_type", "weights", "--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter",
+            "--yignore", "biasbn", "--plot", "--vmin", "0.1", "--vmax", "10", "--vlevel", "0.5",
+            "--n-samples", "32", "--out", str(out), "--no-progress"]
+    assert plot_surface.main(argv) == 0
+    stdout = capsys.readouterr().out
+    h5s = sorted(out.glob("*.h5"))
+    surf_file = next(p for p in h5s if "dirs" not in p.name)
+    assert f"surface:    {surf_file}  (9/9 points done)" in stdout
+    with h5py.File(surf_file, "r") as f:
+        assert f["train_loss"].shape == (3, 3)
+        assert f["done"][:].all()
+        assert np.isfinite(f["train_loss"][:]).all()
+        assert f.attrs["model"] == "resnet20"
+        assert json.loads(f.attrs["n_samples"]) == {"train": 32}
+    pngs, pdfs = sorted(out.glob("*.png")), sorted(out.glob("*.pdf"))
+    kinds = {p.stem.rsplit("_", 1)[-1] for p in pngs}
+    assert kinds == {"2dcontour", "2dcontourf", "2dheat", "3dsurface"}
+    assert [p.with_suffix("") for p in pngs] == [p.with_suffix("") for p in pdfs]
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(p) in stdout
+    for p in pdfs:
+        assert p.read_bytes()[:5] == b"%PDF-"
+
+
+def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_surface.py"), "--x=-1:1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --x must be min:max:num"), proc.stderr
