@@ -31,7 +31,7 @@ EXAMPLE = """examples:
 """
 
 # The embedded default's grid: small enough for under a minute on 2 CPU cores.
-DEFAULT_GRID = "-1:1:31"
+DEFAULT_GRID = "-1:1:25"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -190,3 +190,20 @@ def test_grid_and_directions_must_agree(digits, tmp_path):
     _, setter, evs = setup(linear_model(9), digits, ndim=2)
     with pytest.raises(ValueError, match="2 directions"):
         compute_surface(setter, evs, Grid(Axis(-1, 1, 3)), tmp_path / "d.h5", {}, progress=False)
+
+
+def test_mse_loss_matches_the_reference_definition(digits):
+    """--loss_name mse: mean over classes of (softmax(logits) - onehot)^2, averaged over samples."""
+    from landscape.evaluate import get_loss
+
+    model = linear_model(10)
+    loss, acc = Evaluator(model, *digits, loss_fn=get_loss("mse"))()
+    W = model[1].weight.detach().double().numpy()
+    b = model[1].bias.detach().double().numpy()
+    logits = digits[0].flatten(1).double().numpy() @ W.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(10)[digits[1].numpy()]
+    assert loss == pytest.approx(((p - onehot) ** 2).mean(), rel=1e-6)
+    with pytest.raises(LandscapeError, match="--loss_name"):
+        get_loss("hinge")
