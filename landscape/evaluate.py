@@ -7,6 +7,8 @@ device as one normalized tensor; sums stay on the device until the point ends.
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -14,6 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from landscape.errors import LandscapeError
+from landscape.fold import fold_batchnorm
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Measured on 2 CPU cores (digits ResNet-20): batch 512 is 2.2x faster than the whole set of 1,437
 # at once (cache), and 1.1x faster than 256. scripts/benchmark.py re-measures.
@@ -81,7 +86,7 @@ class Evaluator:
     """Mean loss and accuracy of a model over one resident, normalized data set."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, precision: str = "fp32"):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if len(x) == 0:
@@ -92,6 +97,9 @@ class Evaluator:
         self.batch_size = batch_size or min(len(x), DEFAULT_BATCH)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
 
     def __len__(self) -> int:
         return len(self.y)
@@ -102,7 +110,9 @@ class Evaluator:
         dev = self.x.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
-        with torch.inference_mode():
+        dtype = PRECISIONS[self.precision]
+        autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             for i in range(0, len(self.x), self.batch_size):
                 xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
                 out = self.model(xb)
@@ -111,3 +121,42 @@ class Evaluator:
             result = torch.stack([loss_sum, correct.to(torch.float64)]).tolist()
         n = len(self.x)
         return result[0] / n, result[1] / n
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the hot loop runs; none of these change the surface beyond float rounding, except precision."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; the loss is always summed in fp64)
+    fold_bn: bool = True  # fold BatchNorm into the preceding layer where that is exact
+    compile: bool = False  # torch.compile the evaluation model (pays off from ~100 points)
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[torch.Tensor],
+                   directions: Sequence[Sequence[torch.Tensor]], options: EngineOptions,
+                   ) -> tuple[nn.Module, PointSetter, list[str]]:
+    """The model to evaluate and the setter that moves it, per `options`.
+
+    With `fold_bn`, a folded copy of the model is evaluated (the original stays untouched);
+    when folding is not exact (BN tensors move) or not possible, the model itself is used.
+    Returns (eval_model, setter, notes).
+    """
+    notes = []
+    eval_model, setter = model, None
+    if options.fold_bn:
+        folded, why = fold_batchnorm(model, names, directions)
+        if folded is not None:
+            eval_model, setter = folded.model, PointSetter(folded.tensors, folded.directions)
+            notes.append(f"folded {folded.n_folded} BatchNorm layers into the preceding layers")
+        else:
+            notes.append(f"BatchNorm not folded: {why}")
+    if setter is None:
+        setter = PointSetter(tensors, directions)
+    if options.compile:
+        eval_model = torch.compile(eval_model)
+    return eval_model, setter, notes

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Measure the surface loop against plain inference of the same model on the same data.
+
+Plain eager inference is the reference code's way: batch 128, torch.no_grad, fp32, a host
+sync per batch. Each mode of our loop evaluates the same grid points; the ratio is its
+throughput (image-forwards/s) over plain inference, taken interleaved in one run on one
+machine, so machine load affects both alike. Also reported: the largest relative loss error
+of each mode against plain fp32 at the same points, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
+from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
+from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
+from landscape.evaluate import EngineOptions, Evaluator, PointSetter, prepare_engine  # noqa: E402
+from landscape.models import get_model  # noqa: E402
+from landscape.surface import resolve_device  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {
+    "fp32": EngineOptions(precision="fp32", fold_bn=True),
+    "fp32-nofold": EngineOptions(precision="fp32", fold_bn=False),
+    "bf16": EngineOptions(precision="bf16", fold_bn=True),
+    "fp16": EngineOptions(precision="fp16", fold_bn=True),
+    "compile": EngineOptions(precision="fp32", fold_bn=True, compile=True),
+    "compile-bf16": EngineOptions(precision="bf16", fold_bn=True, compile=True),
+}
+EXAMPLE = """examples:
+  python scripts/benchmark.py                                  # both default cases, modes fp32,fp32-nofold,bf16
+  python scripts/benchmark.py --case digits-resnet56 --modes fp32,bf16,compile --json results/bench.json --record
+"""
+
+
+def make_case(name: str, device: torch.device, n: int | None):
+    """(model, x, y) for a named case: digits-resnet56 (bundled checkpoint when present) or cifar-resnet20."""
+    if name == "digits-resnet56":
+        ckpt = ROOT / "checkpoints" / "digits_resnet56.pt"
+        if ckpt.is_file():
+            model, _, _ = build_model(load_checkpoint(ckpt))
+        else:
+            model = get_model("resnet56", num_classes=10, in_channels=1)
+        data = load_dataset("digits", "train", n_samples=n)
+        x = DEFAULT_NORMALIZATION["digits"].apply(data.x)
+        y = data.y
+    elif name == "cifar-resnet20":
+        torch.manual_seed(0)
+        model = get_model("resnet20", num_classes=10, in_channels=3)
+        _random_bn_stats(model)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n or 512, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (len(x),), generator=g)
+    else:
+        raise LandscapeError(f"--case must be digits-resnet56 or cifar-resnet20, got {name!r}")
+    return model.eval().to(device), x.to(device), y.to(device)
+
+
+def _random_bn_stats(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
+def plain_eval(model, x, y, batch=128) -> float:
+    """The reference code's loop: batch 128, no_grad, one host sync per batch. Returns the mean loss."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model(x[i:i + batch])
+            total += F.cross_entropy(out, y[i:i + batch]).item() * len(out)
+            (out.argmax(1) == y[i:i + batch]).sum().item()
+    return total / len(x)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size) -> dict:
+    model, x, y = make_case(case, device, n)
+    tensors = target_tensors(model, "weights")
+    names = [k for k, _ in tensors]
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    rng = np.random.default_rng(0)
+    coords = [tuple(c) for c in rng.uniform(-0.5, 0.5, size=(points, 2))]
+    coords[0] = (0.0, 0.0)
+    ref_setter = PointSetter([t for _, t in tensors], [dirs.x, dirs.y])
+
+    def plain_points():
+        out = []
+        for c in coords:
+            ref_setter.set(c)
+            out.append(plain_eval(model, x, y))
+        ref_setter.restore()
+        return out
+
+    ref = np.array(plain_points())  # the plain fp32 loss at every point
+    engines, compile_s = {}, {}
+    for mode in modes:
+        opts = MODES[mode]
+        if opts.precision == "fp16" and device.type != "cuda":
+            print(f"skipping {mode}: fp16 is for CUDA", file=sys.stderr)
+            continue
+        opts = EngineOptions(opts.precision, opts.fold_bn, opts.compile, batch_size)
+        eval_model, setter, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
+        ev = Evaluator(eval_model, x, y, batch_size=opts.batch_size, precision=opts.precision)
+        t0 = time.perf_counter()
+        setter.set(coords[0])
+        ev()  # warm-up (and compilation)
+        sync(device)
+        compile_s[mode] = time.perf_counter() - t0
+        engines[mode] = (setter, ev)
+
+    def time_plain():
+        sync(device)
+        t0 = time.perf_counter()
+        plain_points()
+        sync(device)
+        return time.perf_counter() - t0
+
+    times = {m: [] for m in ["plain", *engines]}
+    losses = {}
+    peaks = {}
+    for _ in range(repeats):
+        times["plain"].append(time_plain())
+        for mode, (setter, ev) in engines.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            t0 = time.perf_counter()
+            vals = []
+            for c in coords:
+                setter.set(c)
+                vals.append(ev()[0])
+            sync(device)
+            times[mode].append(time.perf_counter() - t0)
+            setter.restore()
+            losses[mode] = np.array(vals)
+            peaks[mode] = peak_mb(device)
+    forwards = len(coords) * len(x)
+    plain_ips = forwards / statistics.median(times["plain"])
+    result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
+              "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "modes": {}}
+    for mode in engines:
+        ips = forwards / statistics.median(times[mode])
+        err = np.abs(losses[mode] - ref) / np.maximum(np.abs(ref), 1e-12)
+        result["modes"][mode] = {"ips": ips, "ratio": ips / plain_ips, "max_rel_err": float(err.max()),
+                                 "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
+                                 "warmup_s": compile_s[mode]}
+    return result
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
+             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"{results[0]['threads']} threads, device {results[0]['device']}", "",
+             "| case | samples × points | plain ips | mode | ips | ratio | max rel err | warm-up s | peak MB |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for mode, m in r["modes"].items():
+            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {r['plain_ips']:.0f} | {mode} | "
+                         f"{m['ips']:.0f} | {m['ratio']:.2f}× | {m['max_rel_err']:.1e} | {m['warmup_s']:.1f} | "
+                         f"{m['peak_mem_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+@exit_on_error
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", action="append", default=None, help="digits-resnet56, cifar-resnet20 (repeatable)")
+    p.add_argument("--modes", default="fp32,fp32-nofold,bf16", help=f"comma-separated, from {', '.join(MODES)}")
+    p.add_argument("--points", type=int, default=8, help="grid points per timing")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median taken)")
+    p.add_argument("--n-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
+    args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise LandscapeError(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size)
+               for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
+    command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
+    table = markdown(results, command)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        flat = {"plain_ips": results[0]["plain_ips"], **results[0]["modes"], "cases": results, "command": command}
+        Path(args.json).write_text(json.dumps(flat, indent=2) + "\n")
+    if args.record:
+        path = ROOT / "BENCHMARKS.md"
+        if not path.exists():
+            path.write_text("# Benchmarks\n\nEach section is appended by `scripts/benchmark.py --record`; "
+                            "ratios are taken in one run on one machine.\n\n")
+        with open(path, "a") as f:
+            f.write("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
