@@ -18,11 +18,29 @@ import torch.nn.functional as F
 from landscape.errors import LandscapeError
 from landscape.fold import fold_batchnorm
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# precision -> autocast dtype (None: no autocast). tf32 is fp32 storage with TF32 tensor-core
+# matmuls and convolutions on CUDA (about 1e-3 relative error), plain fp32 elsewhere.
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """Allow TF32 on CUDA inside the block only (fp32 stays exact everywhere else)."""
+    if not enabled:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 # Measured on 2 CPU cores (digits ResNet-20): batch 512 is 2.2x faster than the whole set of 1,437
 # at once (cache), and 1.1x faster than 256. scripts/benchmark.py re-measures.
 DEFAULT_BATCH = 512
+DEFAULT_BATCH_CUDA = 8192  # halved on out-of-memory until it fits
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-sample losses (N,)
 
@@ -94,7 +112,7 @@ class Evaluator:
         self.model = model
         self.x, self.y = x, y
         self.loss_fn = loss_fn
-        self.batch_size = batch_size or min(len(x), DEFAULT_BATCH)
+        self.batch_size = batch_size or min(len(x), DEFAULT_BATCH if x.device.type == "cpu" else DEFAULT_BATCH_CUDA)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
@@ -105,14 +123,27 @@ class Evaluator:
         return len(self.y)
 
     def __call__(self) -> tuple[float, float]:
-        """(mean loss, accuracy as a fraction) at the model's current weights; one host sync."""
+        """(mean loss, accuracy as a fraction) at the model's current weights; one host sync.
+
+        On a CUDA out-of-memory error the batch size is halved and the point evaluated again.
+        """
+        while True:
+            try:
+                return self._evaluate()
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+
+    def _evaluate(self) -> tuple[float, float]:
         self.model.eval()
         dev = self.x.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         dtype = PRECISIONS[self.precision]
         autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, _tf32(self.precision == "tf32" and dev.type == "cuda"):
             for i in range(0, len(self.x), self.batch_size):
                 xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
                 out = self.model(xb)
@@ -127,7 +158,7 @@ class Evaluator:
 class EngineOptions:
     """How the hot loop runs; none of these change the surface beyond float rounding, except precision."""
 
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; the loss is always summed in fp64)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (autocast; the loss is always summed in fp64)
     fold_bn: bool = True  # fold BatchNorm into the preceding layer where that is exact
     compile: bool = False  # torch.compile the evaluation model (pays off from ~100 points)
     batch_size: int | None = None

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = {
     "fp32": EngineOptions(precision="fp32", fold_bn=True),
     "fp32-nofold": EngineOptions(precision="fp32", fold_bn=False),
+    "tf32": EngineOptions(precision="tf32", fold_bn=True),
     "bf16": EngineOptions(precision="bf16", fold_bn=True),
     "fp16": EngineOptions(precision="fp16", fold_bn=True),
     "compile": EngineOptions(precision="fp32", fold_bn=True, compile=True),
