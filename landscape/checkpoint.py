@@ -5,10 +5,13 @@ Accepted layouts: a bare state_dict, or a dict holding it under `state_dict`, `m
 `net` or `model_state_dict`, with `module.` (DataParallel) and `_orig_mod.` (torch.compile)
 prefixes. Checkpoints written here carry `meta`: architecture, num_classes, in_channels,
 dataset, normalization and accuracies, so a file alone says how to rebuild its model.
+Well-known third-party files that carry no metadata are recognized by their sha256
+(`KNOWN_CHECKPOINTS`), which supplies the same fields.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from landscape.data import IMAGENET_NORMALIZATION
 from landscape.errors import LandscapeError
 from landscape.models import get_model, list_models
 
@@ -28,6 +32,22 @@ _OPTIONAL_KEYS = ("num_batches_tracked",)  # absent from many older checkpoints;
 _PICKLE_MARKERS = ("GLOBAL", "add_safe_globals", "Unsupported class")  # torch's weights_only refusals of objects
 
 
+def _akamaster(arch: str) -> dict[str, Any]:
+    # akamaster/pytorch_resnet_cifar10: option-A shortcuts (our resnetNN), ImageNet mean/std on pixels/255
+    return {"arch": arch, "dataset": "cifar10", "num_classes": 10, "in_channels": 3,
+            "normalization": IMAGENET_NORMALIZATION.to_dict(),
+            "source": f"akamaster/pytorch_resnet_cifar10 pretrained {arch} (BSD-2-Clause, Yerlan Idelbayev)"}
+
+
+# Third-party checkpoints without metadata, keyed by the file's sha256: what the file itself cannot say.
+KNOWN_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8": _akamaster("resnet20"),
+    "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850": _akamaster("resnet32"),
+    "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4": _akamaster("resnet44"),
+    "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367": _akamaster("resnet56"),
+}
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: tensors keyed as the model expects them, and what is known about it."""
@@ -36,6 +56,17 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     sha256: str | None = None
+    known: dict[str, Any] | None = None  # its KNOWN_CHECKPOINTS entry, when the file is a known one
+
+    def describe_known(self) -> str | None:
+        """A one-line note saying which known checkpoint this is, or None."""
+        if self.known is None:
+            return None
+        name = self.path.name if self.path else "checkpoint"
+        imagenet = self.known.get("normalization") == IMAGENET_NORMALIZATION.to_dict()
+        norm = "ImageNet mean/std" if imagenet else "its own mean/std"
+        return (f"recognized {name} by its sha256 as {self.known['source']}: {self.known['arch']} "
+                f"trained on {self.known['dataset']} with {norm}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -66,7 +97,11 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Chec
             ) from None
         raise LandscapeError(f"cannot read checkpoint {str(path)!r}: {first[:200]}") from None
     state, meta = _unwrap(obj, path)
-    return Checkpoint(state_dict=state, meta=meta, path=path, sha256=sha256_file(path))
+    sha = sha256_file(path)
+    known = KNOWN_CHECKPOINTS.get(sha)
+    if known is not None:
+        meta = {**copy.deepcopy(known), **meta}  # metadata stored in the file wins
+    return Checkpoint(state_dict=state, meta=meta, path=path, sha256=sha, known=known)
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -149,12 +184,23 @@ def _closest(state: Mapping[str, torch.Tensor], num_classes: int, in_channels: i
     for name in list_models():
         sig = set(_signature(_meta_model(name, num_classes, in_channels)).items())
         scores.append((len(have & sig) / max(1, len(have | sig)), name))
-    return [n for _, n in sorted(scores, reverse=True)[:k]]
+    return [n for _, n in sorted(scores, key=lambda t: (-t[0], t[1]))[:k]]  # ties: alphabetical
 
 
 def _preview(keys: list[str], n: int = 4) -> str:
     more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def _describe(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_preview(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_preview(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches: {_preview(shapes, 2)}")
+    return "; ".join(parts)
 
 
 def build_model(ckpt: Checkpoint, arch: str | None = None, num_classes: int | None = None,
@@ -182,9 +228,11 @@ def build_model(ckpt: Checkpoint, arch: str | None = None, num_classes: int | No
                 f"{where} matches several architectures ({', '.join(hits)}); pass --model NAME to choose"
             )
         else:
+            closest = _closest(state, num_classes, in_channels)
+            diff = _describe(*_compare(_signature(_meta_model(closest[0], num_classes, in_channels)), state))
             raise LandscapeError(
-                f"{where} matches no registered architecture (closest: "
-                f"{', '.join(_closest(state, num_classes, in_channels))}); pass --model NAME"
+                f"{where} matches no registered architecture; the closest, {closest[0]}, differs by {diff} "
+                f"(closest: {', '.join(closest)}); fix the file's keys or pass --model NAME"
             )
     model = get_model(arch, num_classes=num_classes, in_channels=in_channels)
     missing, unexpected, shapes = _compare(_signature(model), state)
@@ -198,16 +246,9 @@ def build_model(ckpt: Checkpoint, arch: str | None = None, num_classes: int | No
             arch = variants[0]
             model = get_model(arch, num_classes=num_classes, in_channels=in_channels)
         else:
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {_preview(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {_preview(unexpected)}")
-            if shapes:
-                parts.append(f"shape mismatches: {_preview(shapes, 2)}")
             raise LandscapeError(
                 f"{where} does not fit {arch} (num_classes={num_classes}, in_channels={in_channels}): "
-                + "; ".join(parts)
+                + _describe(missing, unexpected, shapes)
                 + f"; closest architectures: {', '.join(_closest(state, num_classes, in_channels))}"
             )
     model.load_state_dict(state, strict=False)  # only optional keys can be absent here

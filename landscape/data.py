@@ -2,13 +2,23 @@
 
 Images come back as float32 (N, C, H, W) in [0, 1]; normalization is a separate step
 whose statistics travel with the checkpoint (`Normalization`).
+
+CIFAR-10 is read from the official python batches or, failing those, from archives of
+the original JPEG files (`JPEG_ARCHIVES`). Decoding 50,000 JPEGs takes seconds, so the
+decoded uint8 pixels are cached once per archive in the user's cache folder (`cache_dir`).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import math
+import os
 import pickle
+import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,6 +58,26 @@ class Normalization:
     def from_dict(cls, d: dict) -> Normalization:
         return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
+    @classmethod
+    def parse(cls, spec: str) -> Normalization:
+        """'m1,m2,m3/s1,s2,s3' (one value per channel) -> Normalization."""
+        parts = spec.split("/")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            mean, std = (tuple(float(v) for v in part.split(",")) for part in parts)
+        except ValueError:
+            raise LandscapeError(
+                f"--normalization must be one of {', '.join(NORMALIZATIONS)} or per-channel "
+                f"mean/std like 0.485,0.456,0.406/0.229,0.224,0.225; got {spec!r}"
+            ) from None
+        if len(mean) != len(std):
+            raise LandscapeError(f"--normalization {spec!r} has {len(mean)} means but {len(std)} stds; "
+                                 "give one of each per channel")
+        if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+            raise LandscapeError(f"--normalization {spec!r} needs finite means and positive finite stds")
+        return cls(mean, std)
+
 
 # Statistics of each training set, pixels scaled to [0, 1].
 DEFAULT_NORMALIZATION = {
@@ -57,7 +87,53 @@ DEFAULT_NORMALIZATION = {
     "mnist": Normalization((0.1307,), (0.3081,)),
 }
 
+IMAGENET_NORMALIZATION = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# How `--normalization` picks the statistics (besides an explicit "m1,m2,m3/s1,s2,s3").
+NORMALIZATIONS = ("checkpoint", "dataset", "imagenet", "none")
+
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10}
+
+
+def check_normalization(spec: str | None) -> str | None:
+    """Validate a `--normalization` value early (before any file is read); returns it unchanged."""
+    if spec is not None and spec not in NORMALIZATIONS:
+        Normalization.parse(spec)
+    return spec
+
+
+def resolve_normalization(spec: str | None, dataset: str,
+                          checkpoint: Normalization | dict | None = None) -> tuple[Normalization | None, str]:
+    """The statistics a `--normalization` value selects, and a few words saying where they came from.
+
+    `spec` None means "checkpoint": the checkpoint's statistics, else the dataset's defaults,
+    else none (data sets without known statistics, e.g. npz, are used as stored in [0, 1]).
+    """
+    spec = "checkpoint" if spec is None else spec
+    if isinstance(checkpoint, dict) and not checkpoint:
+        checkpoint = None  # an empty entry says nothing
+    if isinstance(checkpoint, dict):
+        try:
+            checkpoint = Normalization.from_dict(checkpoint)
+        except (KeyError, TypeError, ValueError):
+            raise LandscapeError(f"the checkpoint's normalization metadata {checkpoint!r} is not {{'mean': [...], "
+                                 "'std': [...]}; pass --normalization dataset, imagenet, none or m1,m2,m3/s1,s2,s3") from None
+    if spec == "checkpoint":
+        if checkpoint is not None:
+            return checkpoint, "the checkpoint's metadata"
+        if dataset in DEFAULT_NORMALIZATION:
+            return DEFAULT_NORMALIZATION[dataset], f"the {dataset} training-set statistics (the checkpoint has none)"
+        return None, f"neither the checkpoint nor {dataset} has statistics"
+    if spec == "dataset":
+        if dataset not in DEFAULT_NORMALIZATION:
+            raise LandscapeError(f"--normalization dataset: {dataset} has no default statistics (only "
+                                 f"{', '.join(DEFAULT_NORMALIZATION)} do); pass imagenet, none or m1,m2,m3/s1,s2,s3")
+        return DEFAULT_NORMALIZATION[dataset], f"the {dataset} training-set statistics (--normalization dataset)"
+    if spec == "imagenet":
+        return IMAGENET_NORMALIZATION, "ImageNet statistics (--normalization imagenet)"
+    if spec == "none":
+        return None, "--normalization none"
+    return Normalization.parse(spec), "--normalization"
 
 
 @dataclass
@@ -68,6 +144,7 @@ class TensorData:
     y: torch.Tensor  # (N,) int64
     name: str
     split: str
+    note: str | None = None  # a remark for the user about where the images came from
 
     def __len__(self) -> int:
         return len(self.y)
@@ -84,11 +161,16 @@ class TensorData:
         """A seeded random subset of n samples (kept in their original order); None = all."""
         if n is None or n >= len(self):
             return self
-        if n < 1:
-            raise LandscapeError(f"--n-samples must be >= 1, got {n}")
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=g)[:n].sort().values
-        return TensorData(self.x[idx], self.y[idx], self.name, self.split)
+        idx = _subset_indices(len(self), n, seed)
+        return TensorData(self.x[idx], self.y[idx], self.name, self.split, self.note)
+
+
+def _subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of n out of total (n < total)."""
+    if n < 1:
+        raise LandscapeError(f"--n-samples must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=g)[:n].sort().values
 
 
 def load_dataset(
@@ -101,18 +183,22 @@ def load_dataset(
     """Load a data set split as tensors; `n_samples` takes a seeded subset."""
     if split not in SPLITS:
         raise LandscapeError(f"split must be one of {SPLITS}, got {split!r}")
+    note = None
     if name == "digits":
         x, y = _digits(split)
     elif name in ("cifar10", "cifar100"):
-        x, y = _cifar(name, split, _need_root(name, root))
+        x, y, note = _cifar(name, split, _need_root(name, root))
     elif name == "mnist":
         x, y = _mnist(split, _need_root(name, root))
     elif name == "npz":
-        x, y = _npz(split, _need_root(name, root))
+        x, y, note = _npz(split, _need_root(name, root))
     else:
         raise LandscapeError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    data = TensorData(_to_float_images(x), torch.as_tensor(np.asarray(y), dtype=torch.int64), name, split)
-    return data.subset(n_samples, seed)
+    y = np.asarray(y)
+    if n_samples is not None and n_samples < len(y):  # the same subset as TensorData.subset, taken before
+        idx = _subset_indices(len(y), n_samples, seed).numpy()  # the float conversion (4x the uint8 memory)
+        x, y = np.asarray(x)[idx], y[idx]
+    return TensorData(_to_float_images(x), torch.as_tensor(y, dtype=torch.int64), name, split, note)
 
 
 def _need_root(name: str, root: str | Path | None) -> Path:
@@ -165,7 +251,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a data file")
 
 
-def _cifar(name: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar(name: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(images, labels, note): the official python batches, else (CIFAR-10) the JPEG archive."""
     folder_name = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     folder = root / folder_name if (root / folder_name).is_dir() else root
     if name == "cifar10":
@@ -175,6 +262,17 @@ def _cifar(name: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
         files = ["train"] if split == "train" else ["test"]
         label_key = b"fine_labels"
     missing = [f for f in files if not (folder / f).is_file()]
+    if missing and name == "cifar10":
+        archive = root / JPEG_ARCHIVES[split]
+        if archive.is_file():
+            x, y = read_jpeg_archive(archive)
+            return x, y, (f"cifar10 {split}: decoded from the JPEG copies in {archive} "
+                          "(lossy: losses and accuracies differ from the official batches)")
+        raise LandscapeError(
+            f"cifar10 {split} files not found: looked for {folder / missing[0]} and {archive}; put the extracted "
+            f"'{folder_name}' folder (python version from https://www.cs.toronto.edu/~kriz/cifar.html) "
+            f"or {JPEG_ARCHIVES[split]} (the JPEG archive) inside --data-root {root}"
+        )
     if missing:
         raise LandscapeError(
             f"{name} {split} files not found: looked for {folder / missing[0]}; put the extracted "
@@ -194,7 +292,137 @@ def _cifar(name: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
                                  f"{label_key!r}, found {found}")
         xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(d[label_key], dtype=np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+    return np.concatenate(xs), np.concatenate(ys), None
+
+
+# ------------------------------------------------------------------------------- JPEG archives
+# An .npz holding original JPEG files: `jpeg` (all files' bytes concatenated, uint8), `offsets`
+# (int64, N+1: image i is jpeg[offsets[i]:offsets[i+1]]), `y` (N,) and optionally `names` (N,).
+
+JPEG_ARCHIVES = {"train": "cifar10_train_jpeg50k.npz", "test": "cifar10_test_jpeg10k_raw.npz"}
+_JPEG_KEYS = ("jpeg", "offsets", "y")
+_CACHE_FORMAT = 1  # part of every cache key: bump when the decoded array's meaning changes
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def cache_dir() -> Path:
+    """The user cache folder: $LANDSCAPE_CACHE, else $XDG_CACHE_HOME/landscape, else ~/.cache/landscape."""
+    if os.environ.get("LANDSCAPE_CACHE"):
+        return Path(os.environ["LANDSCAPE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "landscape"
+
+
+def jpeg_cache_path(archive: Path) -> Path:
+    """Where the decoded pixels of `archive` are cached.
+
+    The key hashes the file's size, first and last MiB, and the decoder (Pillow) version. An
+    .npz is a zip whose last bytes (the central directory) hold every member's CRC-32, so the
+    key changes with the content, not with the path or the modification time of a copy.
+    """
+    import PIL
+
+    size = archive.stat().st_size
+    h = hashlib.sha256(f"landscape-jpeg-cache {_CACHE_FORMAT} {size} Pillow {PIL.__version__}\n".encode())
+    with open(archive, "rb") as f:
+        h.update(f.read(_FINGERPRINT_BYTES))
+        f.seek(max(0, size - _FINGERPRINT_BYTES))
+        h.update(f.read())
+    return cache_dir() / f"{archive.stem}-{h.hexdigest()[:16]}.npy"
+
+
+def read_jpeg_archive(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 32, 32, 3) uint8 RGB, labels (N,) int64) of a JPEG archive, via the cache."""
+    try:
+        return _read_jpeg_archive(archive)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        cause = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else type(e).__name__
+        raise LandscapeError(f"cannot read {archive} as an .npz JPEG archive ({cause}); copy the file again "
+                             "or check --data-root") from None
+
+
+def _read_jpeg_archive(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(archive, allow_pickle=False) as d:
+        missing = [k for k in _JPEG_KEYS if k not in d]
+        if missing:
+            raise LandscapeError(f"{archive} is not a JPEG archive: it needs arrays {list(_JPEG_KEYS)}, "
+                                 f"it has {sorted(d.keys())}")
+        offsets = d["offsets"].astype(np.int64)  # (N + 1,)
+        y = d["y"].astype(np.int64)  # (N,)
+        n = len(offsets) - 1
+        if n < 1 or len(y) != n or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
+            raise LandscapeError(f"{archive} has inconsistent offsets/y ({len(offsets)} offsets, {len(y)} labels); "
+                                 "it needs N+1 increasing offsets from 0 and N labels")
+        cache = jpeg_cache_path(archive)
+        x = _load_cache(cache, n)
+        if x is None:
+            jpeg = d["jpeg"]  # (total bytes,) uint8
+            if jpeg.dtype != np.uint8 or jpeg.ndim != 1:
+                raise LandscapeError(f"{archive} holds 'jpeg' as {jpeg.dtype} {jpeg.shape}; a JPEG archive needs "
+                                     "1-D uint8 bytes")
+            if offsets[-1] != jpeg.size:
+                raise LandscapeError(f"{archive} has {jpeg.size} JPEG bytes but its offsets end at {offsets[-1]}; "
+                                     "the file is damaged, copy it again")
+            names = d["names"] if "names" in d else None
+            x = _decode_jpegs(jpeg, offsets, archive, names)
+            _save_cache(cache, x)
+    return x, y
+
+
+def _decode_jpegs(jpeg: np.ndarray, offsets: np.ndarray, archive: Path,
+                  names: np.ndarray | None = None) -> np.ndarray:
+    """Decode every JPEG with Pillow to RGB; returns (N, 32, 32, 3) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    n = len(offsets) - 1
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)  # (N, H, W, C)
+    buf = memoryview(jpeg)
+    for i in range(n):
+        try:
+            with Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]])) as img:
+                img = img.convert("RGB")
+                if img.size != (32, 32):
+                    raise ValueError(f"it is {img.size[0]}x{img.size[1]}, not 32x32")
+                out[i] = np.asarray(img)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            what = f"image {i}" + (f" ({names[i]})" if names is not None else "")
+            raise LandscapeError(f"{what} of {archive} cannot be used ({e}); the archive is damaged, copy it again") from None
+    return out
+
+
+def _load_cache(cache: Path, n: int) -> np.ndarray | None:
+    """The cached (n, 32, 32, 3) uint8 array, or None (absent, or unusable: then say so)."""
+    try:
+        x = np.load(cache, allow_pickle=False)
+    except (FileNotFoundError, NotADirectoryError):  # not cached yet (or no cache folder: writing will say so)
+        return None
+    except (OSError, ValueError, EOFError) as e:
+        warnings.warn(f"ignoring the unreadable cache file {cache} ({str(e).splitlines()[0]}); decoding again",
+                      stacklevel=3)
+        return None
+    if x.dtype != np.uint8 or x.shape != (n, 32, 32, 3):
+        warnings.warn(f"ignoring the cache file {cache}: it holds {x.dtype} {x.shape}, not uint8 {(n, 32, 32, 3)}; "
+                      "decoding again", stacklevel=3)
+        return None
+    return x
+
+
+def _save_cache(cache: Path, x: np.ndarray) -> None:
+    """Write the cache atomically (a temporary file, then os.replace); a failure only warns."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, x)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared LANDSCAPE_CACHE should stay readable
+            os.replace(tmp, cache)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        warnings.warn(f"cannot write the decoded-image cache {cache} ({e}); each run will decode again "
+                      "(set LANDSCAPE_CACHE to a writable folder)", stacklevel=3)
 
 
 def _mnist(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -231,17 +459,22 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims).copy()  # writable: torch warns on (and must not share) a read-only buffer
 
 
-def _npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+def _npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     """A generic .npz: a file with `x`, `y` (or `x_train`, `y_train`, `x_test`, `y_test`),
-    or a folder with `train.npz` / `test.npz`."""
+    or a folder with `train.npz` / `test.npz`; a JPEG archive (`jpeg`, `offsets`, `y`) also works."""
     path = root / f"{split}.npz" if root.is_dir() else root
     if not path.is_file():
         raise LandscapeError(f"npz data not found: looked for {path}; pass --data-root FILE.npz or a folder with {split}.npz")
     with np.load(path, allow_pickle=False) as d:
         for kx, ky in ((f"x_{split}", f"y_{split}"), ("x", "y")):
             if kx in d and ky in d:
-                return d[kx], d[ky]
-        raise LandscapeError(f"{path} needs arrays 'x' and 'y' (or 'x_{split}', 'y_{split}'); it has {sorted(d.keys())}")
+                return d[kx], d[ky], None
+        is_jpeg = all(k in d for k in _JPEG_KEYS)
+        if not is_jpeg:
+            raise LandscapeError(f"{path} needs arrays 'x' and 'y' (or 'x_{split}', 'y_{split}', or a JPEG "
+                                 f"archive's {', '.join(_JPEG_KEYS)}); it has {sorted(d.keys())}")
+    x, y = read_jpeg_archive(path)
+    return x, y, f"npz {split}: decoded from the JPEG files in {path} (lossy copies)"
 
 
 def as_tensor_data(x: Sequence | np.ndarray | torch.Tensor, y: Sequence | np.ndarray | torch.Tensor,

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.checkpoint import build_model, load_checkpoint
-from landscape.data import DEFAULT_NORMALIZATION, Normalization, load_dataset
+from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
                                   make_directions, random_direction, save_directions, target_tensors)
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, PointSetter, get_loss
+from landscape.evaluate import EngineOptions, Evaluator, PointSetter, get_loss, prepare_engine
 from landscape.grid import Axis, Grid
 from landscape.storage import Surface, read_surface, write_surface
 
@@ -152,6 +152,7 @@ class SurfaceJob:
     arch: str | None = None
     dataset: str | None = None  # None: the checkpoint's metadata
     data_root: str | None = None
+    normalization: str | None = None  # checkpoint (None), dataset, imagenet, none or "m1,m2,m3/s1,s2,s3"
     splits: tuple[str, ...] = ("train",)
     n_samples: int | None = None
     batch_size: int | None = None
@@ -172,6 +173,10 @@ class SurfaceJob:
     allow_pickle: bool = False
     max_points: int | None = None
     progress: bool = True
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16
+    fold_bn: bool = True  # fold BatchNorm where exact
+    compile: bool = False
+    threads: int | None = None  # torch CPU threads; None: torch's default
 
 
 @dataclass
@@ -198,25 +203,37 @@ def resolve_device(device: str) -> torch.device:
 def run_job(job: SurfaceJob) -> JobResult:
     """Compute (or resume) the surface a job describes; returns the surface and where it went."""
     notes: list[str] = []
+    check_normalization(job.normalization)
     ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
     ckpt = load_checkpoint(ckpt_path, allow_pickle=job.allow_pickle)
+    if ckpt.known is not None:
+        notes.append(ckpt.describe_known())
     model, arch, more = build_model(ckpt, job.arch)
     notes += more
     dataset = job.dataset or ckpt.meta.get("dataset")
     if dataset is None:
         raise LandscapeError(f"{ckpt_path} does not say which data it was trained on; pass --dataset")
-    norm = ckpt.meta.get("normalization")
-    normalization = Normalization.from_dict(norm) if norm else DEFAULT_NORMALIZATION.get(dataset)
+    normalization, norm_source = resolve_normalization(job.normalization, dataset, ckpt.meta.get("normalization"))
+    if job.normalization not in (None, "checkpoint") or not ckpt.meta.get("normalization"):
+        notes.append(f"input normalization mean {normalization.mean}, std {normalization.std} from {norm_source}"
+                     if normalization is not None else f"no input normalization ({norm_source})")
     device = resolve_device(job.device)
-    model.to(device)
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    # channels_last before the direction tensors are taken: .to() replaces parameter storage.
+    model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
-    evaluators = {}
+    splits = {}
     for split in job.splits:
         data = load_dataset(dataset, split, job.data_root, job.n_samples, job.seed)
+        if data.note is not None:
+            notes.append(data.note)
         x = data.x.to(device)
         if normalization is not None:
             x = normalization.apply(x)
-        evaluators[split] = Evaluator(model, x, data.y.to(device), get_loss(job.loss), job.batch_size)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        splits[split] = (x, data.y.to(device))
 
     grid = Grid(job.x, job.y)
     out = Path(job.out)
@@ -228,7 +245,25 @@ def run_job(job: SurfaceJob) -> JobResult:
     dirs = _directions(job, grid, tensors, ckpt_path.name, dir_file, arch, notes)
     dirs.check_against(tensors, where=f"direction file {dir_file}")
     ys = [dirs.y] if grid.ndim == 2 else []
-    setter = PointSetter([t for _, t in tensors], [dirs.x, *ys])
+    engine = EngineOptions(job.precision, job.fold_bn, job.compile, job.batch_size)
+    eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
+                                              [dirs.x, *ys], engine)
+    notes += more
+    loss_fn = get_loss(job.loss)
+    evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
+                  for s, (x, y) in splits.items()}
+    engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
+                    "compile": engine.compile, "threads": torch.get_num_threads()}
+    if engine.precision != "fp32":
+        # the error of the reduced precision at the center, against exact fp32 on the original model
+        first = next(iter(splits))
+        exact = Evaluator(model, *splits[first], loss_fn, engine.batch_size)()[0]
+        setter.set([0.0] * len(setter.dirs))
+        low = evaluators[first]()[0]
+        setter.restore()
+        engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
+        notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
+                     f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
 
     tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
     surf_file = Path(job.surf_file) if job.surf_file else out / f"{stem}_{tag.replace(':', '_')}.h5"
@@ -238,12 +273,13 @@ def run_job(job: SurfaceJob) -> JobResult:
         "normalization": normalization.to_dict() if normalization else None,
         "directions_sha256": dirs.fingerprint(), "dir_type": dir_type,
         "x": job.x.spec(), "y": job.y.spec() if job.y is not None else None, "loss": job.loss,
+        "precision": engine.precision,
     }
     attrs = {
         "model": arch, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt.sha256, "dataset": dataset,
         "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},
         "seed": job.seed, "loss_name": job.loss, "dir_type": dir_type, "directions": dirs.attrs,
-        "device": str(device), "batch_size": job.batch_size or 0,
+        "device": str(device), "batch_size": next(iter(evaluators.values())).batch_size, "engine": engine_attrs,
     }
     surf = compute_surface(setter, evaluators, grid, surf_file, settings, attrs, str(dir_file),
                            overwrite=job.overwrite, max_points=job.max_points, progress=job.progress)

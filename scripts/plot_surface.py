@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.data import DATASETS  # noqa: E402
+from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import LOSSES  # noqa: E402
+from landscape.evaluate import LOSSES, PRECISIONS  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import SurfaceJob, run_job  # noqa: E402
 
@@ -27,6 +27,8 @@ EXAMPLE = """examples:
   python scripts/plot_surface.py --model resnet56 --model_file ckpt.t7 --dataset cifar10 --data-root data/ \\
       --x=-1:1:51 --y=-1:1:51 --dir_type weights --xnorm filter --xignore biasbn \\
       --ynorm filter --yignore biasbn --plot
+  python scripts/plot_surface.py --ckpt resnet56-4bfd9763.th --dataset cifar10 --data-root data/ \\
+      --x=-1:1:51 --y=-1:1:51 --n-samples 1000      # akamaster's file: architecture and normalization known
   python scripts/plot_surface.py --ckpt a.pt --model_file2 b.pt --x=-0.5:1.5:41   # 1-D interpolation a -> b
 """
 
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None, choices=DATASETS, help="default: the checkpoint's metadata")
     d.add_argument("--data-root", "--datapath", dest="data_root", default=None, help="folder with the data set files")
+    d.add_argument("--normalization", default="checkpoint",
+                   help=f"input mean/std: {', '.join(NORMALIZATIONS)} or per-channel m1,m2,m3/s1,s2,s3 "
+                        "(default checkpoint: the checkpoint's statistics, else the dataset's)")
     d.add_argument("--split", "--splits", dest="splits", default="train",
                    help="comma-separated splits to evaluate: train, test or train,test (default train)")
     d.add_argument("--n-samples", type=int, default=None, help="a seeded random subset of N samples per split")
@@ -83,6 +88,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--cuda", action="store_true", help="same as --device cuda (reference code flag)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    e = p.add_argument_group("speed")
+    e.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                   help="fp32 (exact, default); tf32 (CUDA); bf16 or fp16 autocast: faster, the error at the "
+                        "center is measured and stored")
+    e.add_argument("--no-fold-bn", action="store_true",
+                   help="do not fold BatchNorm into the preceding layers (folding is exact and on by default "
+                        "whenever BN tensors do not move)")
+    e.add_argument("--compile", action="store_true", help="torch.compile the model (pays off above ~100 points)")
+    e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
     f = p.add_argument_group("plots")
     f.add_argument("--plot", action="store_true", help="draw figures (always on for the embedded default)")
     f.add_argument("--vmin", type=float, default=0.1)
@@ -107,14 +122,17 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         raise LandscapeError("--model_file3 needs --model_file2 (the plane through three checkpoints)")
     if args.ckpt3 and args.y is None:
         raise LandscapeError("--model_file3 spans the y direction; give --y min:max:num too")
+    normalization = check_normalization(args.normalization.strip())
     return SurfaceJob(
-        ckpt=args.ckpt, arch=args.model, dataset=args.dataset, data_root=args.data_root, splits=splits,
+        ckpt=args.ckpt, arch=args.model, dataset=args.dataset, data_root=args.data_root,
+        normalization=None if normalization == "checkpoint" else normalization, splits=splits,
         n_samples=args.n_samples, batch_size=args.batch_size, device="cuda" if args.cuda else args.device,
         seed=args.seed, x=Axis.parse(args.x, "x"), y=Axis.parse(args.y, "y") if args.y is not None else None,
         xspec=DirectionSpec(dir_type, args.xnorm, args.xignore), yspec=DirectionSpec(dir_type, args.ynorm, args.yignore),
         same_dir=args.same_dir, ckpt2=args.ckpt2, ckpt3=args.ckpt3, dir_file=args.dir_file,
         surf_file=args.surf_file, out=args.out, loss=args.loss, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
+        precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.checkpoint import build_model, load_checkpoint, save_checkpoint
+from landscape.checkpoint import KNOWN_CHECKPOINTS, build_model, load_checkpoint, save_checkpoint, sha256_file
 from landscape.errors import LandscapeError
 from landscape.models import get_model
 
@@ -208,3 +208,65 @@ def test_akamaster_checkpoints(arch: str) -> None:
     state = model.state_dict()
     for k, v in raw["state_dict"].items():
         assert torch.equal(state[k.removeprefix("module.")], v), k
+
+
+# ------------------------------------------------------------------------------- known checkpoints
+
+
+def test_known_checkpoint_table() -> None:
+    assert len(KNOWN_CHECKPOINTS) == 4
+    for sha, entry in KNOWN_CHECKPOINTS.items():
+        assert len(sha) == 64 and int(sha, 16) >= 0
+        assert set(entry) == {"arch", "dataset", "num_classes", "in_channels", "normalization", "source"}
+        assert (entry["dataset"], entry["num_classes"], entry["in_channels"]) == ("cifar10", 10, 3)
+        assert entry["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+        get_model(entry["arch"])  # a registered architecture
+    assert sorted(e["arch"] for e in KNOWN_CHECKPOINTS.values()) == ["resnet20", "resnet32", "resnet44", "resnet56"]
+
+
+def test_known_checkpoint_fills_metadata_and_the_file_wins(tmp_path: Path, monkeypatch) -> None:
+    # Register a local file as "known" (our own table, patched for the test) with an entry that
+    # disagrees with the file's metadata on arch: the file's word wins, the table fills the rest.
+    model = make_model("resnet20")
+    bare, with_meta = tmp_path / "bare.pt", tmp_path / "meta.pt"
+    torch.save({"state_dict": prefixed(model.state_dict(), "module."), "best_prec1": 91.5}, bare)
+    save_checkpoint(with_meta, model, {"arch": "resnet20", "dataset": "digits"})
+    entry = {"arch": "resnet20_noshort", "dataset": "cifar10", "num_classes": 10, "in_channels": 1,
+             "normalization": {"mean": [0.5], "std": [0.25]}, "source": "a test table entry"}
+    for path in (bare, with_meta):
+        monkeypatch.setitem(KNOWN_CHECKPOINTS, sha256_file(path), entry)
+
+    ckpt = load_checkpoint(bare)
+    assert ckpt.known is entry
+    assert ckpt.meta == {**entry, "checkpoint_accuracy": 91.5}
+    assert "recognized bare.pt by its sha256 as a test table entry: resnet20_noshort trained on cifar10" \
+        in ckpt.describe_known()
+    loaded, arch, notes = build_model(ckpt)  # no --model needed: the table names it
+    assert (arch, notes) == ("resnet20_noshort", [])
+    ckpt.meta["normalization"]["mean"][0] = 9.0  # the meta is a copy: the table stays as it was
+    assert entry["normalization"]["mean"] == [0.5]
+
+    ckpt = load_checkpoint(with_meta)
+    assert ckpt.meta["arch"] == "resnet20" and ckpt.meta["dataset"] == "digits"  # from the file
+    assert ckpt.meta["normalization"] == {"mean": [0.5], "std": [0.25]}  # from the table
+    assert build_model(ckpt)[1] == "resnet20"
+
+
+def test_unknown_checkpoint_has_no_known_entry(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save(make_model().state_dict(), path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.known is None and ckpt.describe_known() is None and ckpt.meta == {}
+
+
+def test_no_architecture_fits_names_the_difference(tmp_path: Path) -> None:
+    sd = prefixed(make_model().state_dict(), "module.")
+    sd["module.extra.scale"] = torch.ones(3)
+    path = tmp_path / "extra.pt"
+    torch.save(sd, path)
+    with pytest.raises(LandscapeError) as e:
+        build_model(load_checkpoint(path))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "matches no registered architecture; the closest, resnet20, differs by unexpected keys: extra.scale" in msg
+    assert "--model NAME" in msg

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
+import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,14 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from landscape.data import DATASETS, DEFAULT_NORMALIZATION, Normalization, load_dataset
+import landscape.data as data_module
+from landscape.data import (DATASETS, DEFAULT_NORMALIZATION, IMAGENET_NORMALIZATION, JPEG_ARCHIVES, NORMALIZATIONS,
+                            Normalization, cache_dir, check_normalization, jpeg_cache_path, load_dataset,
+                            resolve_normalization)
 from landscape.errors import LandscapeError
+from landscape.storage import read_surface
+
+SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"  # beside the clone, if at all
 
 CALLS: list[str] = []  # what the payloads below would record, were they ever run
 
@@ -181,6 +190,228 @@ def test_cifar_batch_without_the_keys(tmp_path: Path) -> None:
     assert "'data'" in msg and "'labels'" in msg
 
 
+# ------------------------------------------------------------------------------- CIFAR-10 JPEG archives
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache folder for the test, through $LANDSCAPE_CACHE."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("LANDSCAPE_CACHE", str(folder))
+    return folder
+
+
+def _smooth_images(n: int, seed: int) -> np.ndarray:
+    """(n, 32, 32, 3) uint8: distinct smooth colour waves (JPEG keeps them within a few levels)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0  # (32, 32)
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    for i in range(n):
+        f, ph = rng.uniform(0.5, 3, size=3), rng.uniform(0, 2 * np.pi, size=3)
+        img = np.stack([0.5 + 0.4 * np.sin(f[c] * (xx + (c + 1) * yy) * np.pi + ph[c]) for c in range(3)], -1)
+        out[i] = np.clip(img * 255 + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def _write_jpeg_archive(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """The shared archives' layout: concatenated JPEG bytes, N+1 offsets, labels, names."""
+    from PIL import Image
+
+    blobs = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=95, subsampling=0)
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    names = np.array([f"{path.stem}/{i:04d}.jpg" for i in range(len(blobs))])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, jpeg=np.concatenate(blobs), offsets=offsets, y=np.asarray(labels, dtype=np.int64), names=names)
+
+
+@pytest.fixture
+def archives(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray, np.ndarray]]:
+    """A data folder with small train (6 images) and test (4 images) JPEG archives: split -> (path, x, y)."""
+    root = tmp_path / "data"
+    out = {}
+    for split, n, seed in (("train", 6, 10), ("test", 4, 11)):
+        x, y = _smooth_images(n, seed), (np.arange(n) * 3 + seed) % 10
+        _write_jpeg_archive(root / JPEG_ARCHIVES[split], x, y)
+        out[split] = (root / JPEG_ARCHIVES[split], x, y)
+    return out
+
+
+def _as_uint8_hwc(x: torch.Tensor) -> np.ndarray:
+    return torch.round(x * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, 32, 32, 3)
+
+
+def test_cifar10_jpeg_archives(archives, cache: Path) -> None:
+    root = archives["train"][0].parent
+    before = sorted(p.name for p in root.iterdir())
+    for split, (path, x, y) in archives.items():
+        d = load_dataset("cifar10", split, root=root)
+        assert d.x.shape == (len(y), 3, 32, 32) and d.x.dtype == torch.float32
+        assert d.y.tolist() == y.tolist()  # the labels of this split's archive: the file choice is right
+        assert "JPEG" in d.note and str(path) in d.note
+        err = np.abs(_as_uint8_hwc(d.x).astype(int) - x.astype(int))  # (N, 32, 32, 3)
+        assert err.mean() < 4 and err.max() < 20, (err.mean(), err.max())
+        # each decoded image is nearest to its own original (the order is kept)
+        dist = ((_as_uint8_hwc(d.x)[:, None].astype(float) - x[None].astype(float)) ** 2).mean(axis=(2, 3, 4))
+        assert dist.argmin(axis=1).tolist() == list(range(len(y)))
+    assert sorted(p.name for p in root.iterdir()) == before  # nothing written next to the data
+    assert sorted(p.name for p in cache.iterdir()) == sorted(jpeg_cache_path(p).name for p, _, _ in archives.values())
+
+
+def test_cifar10_prefers_the_lossless_batches(archives, cache: Path) -> None:
+    root = archives["train"][0].parent
+    raw = _write_cifar10(root)
+    d = load_dataset("cifar10", "test", root=root)
+    assert d.note is None and len(d) == 4
+    assert torch.equal(torch.round(d.x * 255).to(torch.uint8).flatten(1), torch.from_numpy(raw["test"][0]))
+    assert not cache.exists()  # no archive was opened
+
+
+def test_npz_dataset_reads_a_jpeg_archive(archives, cache: Path) -> None:
+    path, x, y = archives["test"]
+    d = load_dataset("npz", "test", root=path)
+    assert d.y.tolist() == y.tolist() and d.x.shape == (4, 3, 32, 32)
+    assert np.abs(_as_uint8_hwc(d.x).astype(int) - x.astype(int)).max() < 20
+    assert "JPEG" in d.note
+
+
+def test_jpeg_cache_hit_skips_decoding(archives, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, y = archives["train"]
+    root = path.parent
+    first = load_dataset("cifar10", "train", root=root)
+    cached = np.load(jpeg_cache_path(path))
+    assert cached.dtype == np.uint8 and cached.shape == (6, 32, 32, 3)
+    assert np.array_equal(cached, _as_uint8_hwc(first.x))  # the cache holds exactly the decode
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data_module, "_decode_jpegs", refuse)
+    second = load_dataset("cifar10", "train", root=root)
+    assert torch.equal(second.x, first.x) and second.y.tolist() == y.tolist()
+    # a copy elsewhere (another path and mtime, same bytes) has the same key: the cache follows the content
+    copy = root.parent / "elsewhere" / path.name
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    assert jpeg_cache_path(copy) == jpeg_cache_path(path)
+    assert torch.equal(load_dataset("cifar10", "train", root=copy.parent).x, first.x)
+
+
+def test_jpeg_cache_key_follows_the_content(archives, cache: Path) -> None:
+    path, x, y = archives["test"]
+    old, size = jpeg_cache_path(path), path.stat().st_size
+    load_dataset("cifar10", "test", root=path.parent)
+    _write_jpeg_archive(path, x[::-1].copy(), y[::-1])  # the same files in another order
+    assert path.stat().st_size == size
+    new = jpeg_cache_path(path)
+    assert new != old and new.parent == old.parent
+    d = load_dataset("cifar10", "test", root=path.parent)
+    assert d.y.tolist() == y[::-1].tolist()
+    assert np.abs(_as_uint8_hwc(d.x).astype(int) - x[::-1].astype(int)).max() < 20
+
+
+def test_cache_dir_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDSCAPE_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("LANDSCAPE_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "landscape"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "landscape"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-shape", "empty"])
+def test_corrupt_cache_falls_back_to_decoding(archives, cache: Path, damage: str) -> None:
+    path, _, _ = archives["train"]
+    good = load_dataset("cifar10", "train", root=path.parent)
+    target = jpeg_cache_path(path)
+    if damage == "garbage":
+        target.write_bytes(b"not an array" * 50)
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:3000])
+    elif damage == "wrong-shape":
+        np.save(target, np.zeros((6, 32, 32), dtype=np.uint8))
+    else:
+        target.write_bytes(b"")
+    with pytest.warns(UserWarning) as w:
+        again = load_dataset("cifar10", "train", root=path.parent)
+    assert len(w) == 1
+    message = str(w[0].message)
+    assert message.startswith(f"ignoring the {'' if damage == 'wrong-shape' else 'unreadable '}cache file {target}")
+    assert message.endswith("decoding again") and "\n" not in message
+    assert torch.equal(again.x, good.x)
+    assert np.array_equal(np.load(target), _as_uint8_hwc(good.x))  # rewritten whole
+
+
+def test_unwritable_cache_only_warns(archives, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the cache folder's parent should be")
+    monkeypatch.setenv("LANDSCAPE_CACHE", str(blocker / "cache"))
+    path, x, y = archives["test"]
+    with pytest.warns(UserWarning) as w:
+        d = load_dataset("cifar10", "test", root=path.parent)
+    assert len(w) == 1
+    assert str(w[0].message).startswith(f"cannot write the decoded-image cache {blocker / 'cache'}")
+    assert "set LANDSCAPE_CACHE to a writable folder" in str(w[0].message)
+    assert d.y.tolist() == y.tolist() and np.abs(_as_uint8_hwc(d.x).astype(int) - x.astype(int)).max() < 20
+
+
+def test_damaged_archives(tmp_path: Path, cache: Path) -> None:
+    x = _smooth_images(3, 5)
+    path = tmp_path / JPEG_ARCHIVES["test"]
+    _write_jpeg_archive(path, x, np.arange(3))
+    with np.load(path) as d:
+        parts = dict(d)
+    bad_jpeg = parts["jpeg"].copy()
+    bad_jpeg[parts["offsets"][1]:parts["offsets"][1] + 16] = 0  # the second file's header
+    cases = [
+        (dict(parts, jpeg=bad_jpeg), r"image 1 \(cifar10_test_jpeg10k_raw/0001.jpg\) of .* cannot be used"),
+        (dict(parts, offsets=parts["offsets"][:-1]), "inconsistent offsets/y"),
+        (dict(parts, jpeg=parts["jpeg"][:-10]), "JPEG bytes but its offsets end at"),
+        ({k: v for k, v in parts.items() if k != "offsets"}, r"is not a JPEG archive: it needs arrays \['jpeg', 'offsets', 'y'\]"),
+        (dict(parts, jpeg=parts["jpeg"].astype(np.int16)), r"holds 'jpeg' as int16 \(\d+,\); a JPEG archive needs 1-D uint8"),
+    ]
+    for arrays, expected in cases:
+        np.savez(path, **arrays)
+        with pytest.raises(LandscapeError, match=expected) as e:
+            data_module.read_jpeg_archive(path)
+        assert "\n" not in str(e.value)
+    np.savez(path, **parts)
+    whole = path.read_bytes()
+    for damaged, expected in ((whole[:len(whole) // 2], "File is not a zip file"), (b"x" * 100, "pickled")):
+        path.write_bytes(damaged)  # a cut-off download; not an npz at all
+        with pytest.raises(LandscapeError, match=f"cannot read {path} as an .npz JPEG archive .*{expected}") as e:
+            load_dataset("cifar10", "test", root=tmp_path)
+        assert "\n" not in str(e.value)
+    assert not cache.exists()  # nothing cached from a damaged archive
+
+
+@pytest.mark.skipif(not (SHARED_CIFAR10 / JPEG_ARCHIVES["test"]).is_file(), reason="the shared CIFAR-10 JPEG test archive is absent")
+def test_real_jpeg_test_archive(cache: Path) -> None:
+    t0 = time.perf_counter()
+    d = load_dataset("cifar10", "test", root=SHARED_CIFAR10)
+    decode_s = time.perf_counter() - t0
+    assert d.x.shape == (10000, 3, 32, 32) and d.x.dtype == torch.float32
+    assert np.bincount(d.y.numpy(), minlength=10).tolist() == [1000] * 10
+    assert d.y.tolist() == sorted(d.y.tolist())  # sorted by class
+    t0 = time.perf_counter()
+    again = load_dataset("cifar10", "test", root=SHARED_CIFAR10)
+    assert torch.equal(again.x, d.x)
+    assert time.perf_counter() - t0 < decode_s  # the cache is faster than decoding
+    first100 = SHARED_CIFAR10 / "cifar10_test_first100.npz"
+    if first100.is_file():  # the lossless originals: image i of class c is JPEG c*1000 + (rank of i within c)
+        ref = load_dataset("npz", "test", root=first100)
+        ranks = [int((ref.y[:i] == c).sum()) for i, c in enumerate(ref.y.tolist())]
+        jpeg = d.x[[c * 1000 + r for c, r in zip(ref.y.tolist(), ranks)]]
+        mse = ((jpeg - ref.x) ** 2).flatten(1).mean(1)  # (100,)
+        psnr = 10 * torch.log10(1 / mse)
+        assert 28 < float(psnr.mean()) < 33 and float(psnr.min()) > 20  # README: 30.4 dB mean, 24.5 min
+
+
 # ------------------------------------------------------------------------------- MNIST
 
 
@@ -265,8 +496,10 @@ def test_cifar10_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(LandscapeError) as e:
         load_dataset("cifar10", "test", root=root)
     msg = str(e.value)
-    assert f"looked for {root / 'test_batch'}" in msg
-    assert "'cifar-10-batches-py'" in msg and str(root) in msg
+    assert "\n" not in msg
+    assert f"looked for {root / 'test_batch'} and {root / 'cifar10_test_jpeg10k_raw.npz'}" in msg
+    assert "'cifar-10-batches-py'" in msg and str(root) in msg  # both accepted layouts are named
+    assert "cifar10_test_jpeg10k_raw.npz (the JPEG archive)" in msg
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "npz"])
@@ -306,3 +539,89 @@ def test_normalization_apply() -> None:
 def test_normalization_channel_mismatch() -> None:
     with pytest.raises(LandscapeError, match="normalization has 3 channels but the data has 1"):
         DEFAULT_NORMALIZATION["cifar10"].apply(torch.zeros(2, 1, 8, 8))
+
+
+# ------------------------------------------------------------------------------- --normalization
+
+
+@pytest.mark.parametrize(("spec", "mean", "std"), [
+    ("0.485,0.456,0.406/0.229,0.224,0.225", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ("0.5/0.25", (0.5,), (0.25,)),
+    (" 0 , 0.5,1/1,2 ,3", (0.0, 0.5, 1.0), (1.0, 2.0, 3.0)),
+    ("-1,0,1e-1/1e-3,1,2", (-1.0, 0.0, 0.1), (0.001, 1.0, 2.0)),
+])
+def test_normalization_parse(spec: str, mean: tuple, std: tuple) -> None:
+    assert Normalization.parse(spec) == Normalization(mean, std)
+    assert check_normalization(spec) == spec
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("imagenett", "--normalization must be one of checkpoint, dataset, imagenet, none or per-channel mean/std"),
+    ("", "--normalization must be one of"),
+    ("0.5,0.5,0.5", "got '0.5,0.5,0.5'"),
+    ("0.5/0.2/0.1", "got '0.5/0.2/0.1'"),
+    ("a,b,c/1,1,1", "got 'a,b,c/1,1,1'"),
+    ("0.5,0.5/0.2", "has 2 means but 1 stds"),
+    ("0.5/0", "needs finite means and positive finite stds"),
+    ("0.5/-1", "positive finite stds"),
+    ("nan/1", "finite means"),
+    ("0.5/inf", "positive finite stds"),
+])
+def test_normalization_parse_errors(spec: str, expected: str) -> None:
+    with pytest.raises(LandscapeError) as e:
+        check_normalization(spec)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolve_normalization() -> None:
+    ckpt_norm = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    own = Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    cifar = DEFAULT_NORMALIZATION["cifar10"]
+    assert resolve_normalization(None, "cifar10", ckpt_norm)[0] == own
+    assert resolve_normalization("checkpoint", "cifar10", own)[0] == own
+    assert resolve_normalization("checkpoint", "cifar10", None) == (
+        cifar, "the cifar10 training-set statistics (the checkpoint has none)")
+    assert resolve_normalization("checkpoint", "npz", None)[0] is None
+    assert resolve_normalization("checkpoint", "mnist", {})[0] == DEFAULT_NORMALIZATION["mnist"]  # empty = absent
+    assert resolve_normalization("dataset", "cifar10", ckpt_norm)[0] == cifar
+    assert resolve_normalization("imagenet", "digits", ckpt_norm)[0] == IMAGENET_NORMALIZATION
+    assert resolve_normalization("none", "cifar10", ckpt_norm)[0] is None
+    assert resolve_normalization("1,2,3/4,5,6", "cifar10", ckpt_norm)[0] == Normalization((1, 2, 3), (4, 5, 6))
+    with pytest.raises(LandscapeError, match="--normalization dataset: npz has no default statistics"):
+        resolve_normalization("dataset", "npz", None)
+    with pytest.raises(LandscapeError, match="normalization metadata .* is not"):
+        resolve_normalization(None, "cifar10", {"mu": [0.5]})
+    assert NORMALIZATIONS == ("checkpoint", "dataset", "imagenet", "none")
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    ([], None), (["--normalization", "checkpoint"], None), (["--normalization", "dataset"], "dataset"),
+    (["--normalization", "imagenet"], "imagenet"), (["--normalization", "none"], "none"),
+    (["--normalization=0.5,0.5,0.5/0.2,0.2,0.2"], "0.5,0.5,0.5/0.2,0.2,0.2"),
+])
+def test_normalization_flag(plot_surface, flag: list[str], expected: str | None) -> None:
+    assert plot_surface.build_job(plot_surface.parse_args(["--x=-1:1:3", *flag])).normalization == expected
+
+
+def test_normalization_flag_error_is_one_line(plot_surface, capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        plot_surface.main(["--normalization", "0.5,0.5/0.2", "--x=-1:1:3", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["error: --normalization '0.5,0.5/0.2' has 2 means but 1 stds; give one of each per channel"]
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_normalization_is_recorded_and_checked_on_resume(plot_surface, capsys, digits_ckpt: Path,
+                                                         tmp_path: Path) -> None:
+    base = ["--ckpt", str(digits_ckpt), "--x=-1:1:3", "--n-samples", "16", "--no-progress", "--out", str(tmp_path)]
+    assert plot_surface.main([*base, "--normalization", "0.5/0.25"]) == 0
+    assert "note: input normalization mean (0.5,), std (0.25,) from --normalization" in capsys.readouterr().out
+    surf = read_surface(tmp_path / "digits_r20_x-1_1_3.h5")
+    assert surf.settings["normalization"] == {"mean": [0.5], "std": [0.25]}
+    with pytest.raises(SystemExit):
+        plot_surface.main([*base, "--normalization", "none"])
+    assert "computed with other settings (normalization:" in capsys.readouterr().err
+    assert plot_surface.main([*base, "--normalization", "none", "--overwrite"]) == 0
+    assert "note: no input normalization (--normalization none)" in capsys.readouterr().out
+    assert read_surface(tmp_path / "digits_r20_x-1_1_3.h5").settings["normalization"] is None
