@@ -35,6 +35,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     save_every: int | None = None  # snapshot model_<epoch>.pt every K epochs
+    augment: bool = False  # random 4-pixel-padded crop + horizontal flip (the CIFAR recipe)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +65,20 @@ def lr_factor(epoch: float, cfg: TrainConfig) -> float:
         return (epoch + 1e-3) / cfg.warmup_epochs
     frac = epoch / cfg.epochs
     return 0.1 ** sum(frac >= m for m in (0.5, 0.75, 0.9))
+
+
+def flip_crop(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and random crop after zero padding, per image; (N, C, H, W)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    rows = (dy.view(n, 1) + torch.arange(h)).to(x.device)  # (n, h)
+    cols = (dx.view(n, 1) + torch.arange(w)).to(x.device)  # (n, w)
+    idx = torch.arange(n, device=x.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[idx, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
@@ -118,6 +133,8 @@ def train(
                 group["lr"] = cfg.lr * lr_factor(epoch - 1 + s / steps, cfg)
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             xb, yb = xtr[idx], ytr[idx]
+            if cfg.augment:
+                xb = flip_crop(xb, g)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model(xb)
                 loss = F.cross_entropy(out.float(), yb)

@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=None, help="also save model_<epoch>.pt every K epochs")
+    p.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) + horizontal flip")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--manifest", default=None,
@@ -49,7 +50,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, optimizer=args.optimizer,
-                      warmup_epochs=args.warmup_epochs, seed=args.seed, save_every=args.save_every)
+                      warmup_epochs=args.warmup_epochs, seed=args.seed, save_every=args.save_every,
+                      augment=args.augment)
     tr = load_dataset(args.dataset, "train", args.data_root)
     te = load_dataset(args.dataset, "test", args.data_root)
     norm = DEFAULT_NORMALIZATION.get(args.dataset) or _stats(tr.x)
