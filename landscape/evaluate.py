@@ -103,6 +103,8 @@ class PointSetter:
 class Evaluator:
     """Mean loss and accuracy of a model over one resident, normalized data set."""
 
+    metric_names = ("loss", "acc")  # what __call__ returns, in order
+
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy,
                  batch_size: int | None = None, precision: str = "fp32"):
         if len(x) != len(y):

@@ -97,14 +97,17 @@ def compute_surface(
 ) -> Surface:
     """Evaluate every point of `grid` not yet done in the file at `path`, and write it.
 
-    `evaluators` maps a split name ("train", "test") to its Evaluator; the file gets
-    `<split>_loss` and `<split>_acc`. The file is rewritten atomically at most every
+    `evaluators` maps a prefix (a split name: "train", "test") to a measure: a callable
+    returning one value per name in its `metric_names` at the current weights. The file gets
+    `<prefix>_<name>` for each (`train_loss`, `train_acc` from an Evaluator), or `<name>` for
+    the prefix "" (e.g. the reference's `max_eig`). The file is rewritten atomically at most every
     `flush_seconds`, at the end, and on interruption (Ctrl-C, SIGTERM), so a rerun of
     the same call continues where this one stopped. The model holds theta0 afterwards.
     """
     if len(setter.dirs) != grid.ndim:
         raise ValueError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, the setter has {len(setter.dirs)} directions")
-    metrics = [f"{s}_{m}" for s in evaluators for m in ("loss", "acc")]
+    names = {k: [f"{k}_{m}" if k else m for m in ev.metric_names] for k, ev in evaluators.items()}
+    metrics = [m for ms in names.values() for m in ms]
     surf = open_surface(path, grid, settings, metrics, overwrite)
     surf.dir_file = dir_file
     surf.attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -124,10 +127,9 @@ def compute_surface(
         with _sigterm_raises():
             for idx in todo:
                 setter.set(points[idx])
-                for split, ev in evaluators.items():
-                    loss, acc = ev()
-                    flat[f"{split}_loss"][idx] = loss
-                    flat[f"{split}_acc"][idx] = acc
+                for key, ev in evaluators.items():
+                    for m, v in zip(names[key], ev()):
+                        flat[m][idx] = v
                 flat_done[idx] = True
                 bar.update(1)
                 if time.monotonic() - last_flush >= flush_seconds:
