@@ -1,4 +1,4 @@
-"""Figures from surfaces: contour, filled contour, heat map, 3-D surface and 1-D loss/accuracy.
+"""Figures from surfaces: contour, filled contour, heat map, 3-D surface, 1-D loss/accuracy, side-by-side comparisons.
 
 Works on `Surface` objects only (storage.py) and uses matplotlib's object API: every
 figure is a `matplotlib.figure.Figure`, never pyplot's global state, and no backend is
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -232,6 +232,66 @@ def line1d(
     handles = [h for a in (ax, ax_acc) if a is not None for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, loc="best", fontsize=8)
     return ax, ax_acc
+
+
+# ---------------------------------------------------------------------------- comparisons
+
+LAYOUTS = ("columns", "rows")
+
+
+def comparison_figure(
+    surfaces: Sequence[Surface],
+    titles: Sequence[str],
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    zlim: float | None = None,
+    layout: str = "columns",
+) -> Figure:
+    """Several surfaces side by side on identical scales (Li et al. 2018, Fig. 5).
+
+    `layout="columns"`: one column per surface, contour lines on top (levels
+    `np.arange(vmin, vmax, vlevel)` for all) and the 3-D surface below; `"rows"`: one row per
+    surface, contour left and 3-D right. Every 3-D panel has the same z-range and colour
+    scale: from the lowest finite value over all surfaces (at most `zlim`) up to `zlim`
+    (default `vmax`), values above clipped, with one shared colour bar. Each panel is titled
+    with its entry of `titles`.
+    """
+    if len(surfaces) == 0:
+        raise LandscapeError("comparison_figure needs at least one surface")
+    if len(titles) != len(surfaces):
+        raise ValueError(f"titles must have one entry per surface ({len(surfaces)}), got {len(titles)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    _check_range(vmin, vmax, vlevel)
+    top = vmax if zlim is None else zlim
+    lows = []
+    for s in surfaces:  # fail early, before any figure exists
+        _need_2d(s, "comparison figure")
+        z = _values(s, metric, np.inf, np.inf).compressed()  # non-finite -> inf: ignored by min
+        lows.append(z.min() if z.size else np.inf)
+    bottom = min(min(lows), top)
+    if not bottom < top:
+        bottom = top - 1.0  # every value is at or above the top: a flat clipped surface
+    n = len(surfaces)
+    nrows, ncols = (2, n) if layout == "columns" else (n, 2)
+    fig = Figure(figsize=(4.6 * ncols, 4.2 * nrows), layout="constrained")
+    axes3d, polys = [], []
+    for k, (surf, title) in enumerate(zip(surfaces, titles)):
+        at_contour, at_3d = (k + 1, ncols + k + 1) if layout == "columns" else (2 * k + 1, 2 * k + 2)
+        ax = fig.add_subplot(nrows, ncols, at_contour)
+        contour(surf, metric, vmin, vmax, vlevel, ax=ax)
+        ax.set_title(title)
+        ax3 = fig.add_subplot(nrows, ncols, at_3d, projection="3d")
+        poly = surface3d(surf, metric, vmin=bottom, zlim=top, ax=ax3)
+        poly.colorbar.remove()  # every panel has the same scale: one shared colour bar below
+        ax3.set_zlim(bottom, top)
+        ax3.set_title(title)
+        axes3d.append(ax3)
+        polys.append(poly)
+    fig.colorbar(polys[-1], ax=axes3d, shrink=0.6, aspect=30, pad=0.08, label=_title(metric))
+    return fig
 
 
 # ---------------------------------------------------------------------------- files
