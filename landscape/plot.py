@@ -210,6 +210,9 @@ def line1d(
         y = np.ma.masked_array(np.nan_to_num(y.data, nan=top, posinf=top, neginf=low), mask=y.mask)
         split = m.split("_")[0]
         (ax.semilogy if log else ax.plot)(surf.x, y, "b" + style[split], lw=1, label=f"{split} loss")
+        bad = surf.done & ~np.isfinite(surf.metrics[m])  # diverged points: drawn at the top, marked
+        if bad.any():
+            ax.plot(surf.x[bad], np.full(int(bad.sum()), top), "kx", ms=5, label=f"{split} loss not finite")
     ax.set_xlabel("x (direction)")
     ax.set_ylabel("loss", color="b")
     ax.tick_params(axis="y", labelcolor="b")
