@@ -95,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Chec
                 f"checkpoint {str(path)!r} holds Python objects besides tensors ({first.split('. ')[0][:120]}); "
                 "if you trust its source, pass --allow-pickle"
             ) from None
-        raise LandscapeError(f"cannot read checkpoint {str(path)!r}: {first[:200]}") from None
+        raise LandscapeError(f"cannot read checkpoint {str(path)!r}: {first[:120]}; it is not a torch.save file "
+                             "or it is damaged: check the --ckpt path or copy the file again") from None
     state, meta = _unwrap(obj, path)
     sha = sha256_file(path)
     known = KNOWN_CHECKPOINTS.get(sha)

@@ -5,15 +5,17 @@ The only module that ties the evaluator (models, data) to storage (files).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
+import os
 import signal
+import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -26,20 +28,26 @@ from landscape.directions import (DirectionSpec, Directions, interpolation_direc
                                   make_directions, random_direction, save_directions, target_tensors)
 from landscape.errors import LandscapeError
 from landscape.evaluate import EngineOptions, Evaluator, PointSetter, get_loss, prepare_engine
+from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
 from landscape.grid import Axis, Grid
-from landscape.storage import Surface, read_surface, write_surface
+from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
 
 
 def open_surface(path: str | Path, grid: Grid, settings: Mapping[str, Any], metrics: list[str],
-                 overwrite: bool = False) -> Surface:
+                 overwrite: bool = False, shard: Shard | None = None) -> Surface:
     """The surface at `path` to continue, or a new empty one.
 
-    An existing file made with other settings is an error unless `overwrite`.
+    An existing file made with other settings (or for another shard) is an error unless `overwrite`.
     """
     path = Path(path)
     settings = json.loads(json.dumps(settings))  # normalize (tuples -> lists) for comparison
+    if path.is_dir():
+        raise LandscapeError(f"{path} is a folder; give --surf_file a file name such as {path / 'surface.h5'}")
     if path.exists() and not overwrite:
-        surf = read_surface(path)
+        try:
+            surf = read_surface(path)
+        except LandscapeError as e:
+            raise LandscapeError(f"{e}; pass --overwrite to replace it, or --surf_file to write elsewhere") from None
         old = surf.settings
         if old is None:
             raise LandscapeError(
@@ -53,6 +61,15 @@ def open_surface(path: str | Path, grid: Grid, settings: Mapping[str, Any], metr
                 f"{path} was computed with other settings ({'; '.join(diffs[:3])}); "
                 "pass --overwrite to replace it, or --surf_file to write a new file"
             )
+        have = (surf.attrs.get("shard_index"), surf.attrs.get("shard_count"))
+        want = (shard.index, shard.count) if shard is not None else (None, None)
+        if have != want:
+            what = f"shard {have[0]}/{have[1]}" if have[1] is not None else "the whole surface"
+            raise LandscapeError(
+                f"{path} holds {what}, not {'shard ' + shard.spec() if shard else 'the whole surface'}; "
+                f"pass {'--shard ' + str(have[0]) + '/' + str(have[1]) if have[1] is not None else 'no --shard'} "
+                "to continue it, or merge shards with scripts/merge_surfaces.py"
+            )
         for m in metrics:
             surf.add_metric(m)
         return surf
@@ -62,24 +79,85 @@ def open_surface(path: str | Path, grid: Grid, settings: Mapping[str, Any], metr
     for m in metrics:
         surf.add_metric(m)
     surf.attrs["settings"] = json.dumps(settings, sort_keys=True)
+    if shard is not None:
+        surf.attrs.update(shard_index=shard.index, shard_count=shard.count)
     return surf
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM (what Slurm sends before a kill) into KeyboardInterrupt, so `finally` flushes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on SIGTERM or SIGINT after saving every computed point."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+
+class _StopOnSignal:
+    """SIGTERM (what Slurm and torchrun send before a kill) and Ctrl-C ask the loop to stop.
+
+    The point being evaluated finishes, the results are gathered and flushed, then the run ends
+    with `Interrupted`. The same signal a second time raises KeyboardInterrupt at once (the file
+    still gets every gathered point). Handlers are installed from the main thread only.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum == signum:
+            raise KeyboardInterrupt(f"signal {signum} twice")
+        self.signum = signum
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+@dataclass
+class _Block:
+    """What one rank sends to the others after each round of points."""
+
+    idx: list[int]  # flat grid indices computed, in order
+    values: list[list[float]]  # one row per point: every metric, in `metrics` order
+    seconds: float
+    left: int = 0  # points of this rank's share still to do
+    error: str | None = None  # "Type: message" of a failure at point `failed_at`
+    failed_at: int | None = None
+    signum: int | None = None  # a stop was asked for by this signal
+
+
+def _run_block(indices: np.ndarray, points: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any],
+               stop: _StopOnSignal, bar: tqdm) -> tuple[_Block, BaseException | None]:
+    """Evaluate the points `indices` (until a stop or a failure); the exception is kept for its rank."""
+    t0 = time.perf_counter()
+    block = _Block([], [], 0.0)
+    error = None
+    for idx in indices:
+        if stop.signum is not None:
+            break
+        try:
+            setter.set(points[idx])
+            row = [float(v) for ev in evaluators.values() for v in ev()]
+        except BaseException as e:  # noqa: BLE001 - any failure ends the run; it is re-raised by its rank
+            error, block.failed_at = e, int(idx)
+            block.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            break
+        block.idx.append(int(idx))
+        block.values.append(row)
+        bar.update(1)
+    block.signum = stop.signum
+    block.seconds = time.perf_counter() - t0
+    return block, error
 
 
 def compute_surface(
@@ -94,7 +172,11 @@ def compute_surface(
     flush_seconds: float = 5.0,
     max_points: int | None = None,
     progress: bool = True,
-) -> Surface:
+    *,
+    shard: Shard | None = None,
+    group: Group | None = None,
+    notes: list[str] | None = None,
+) -> Surface | None:
     """Evaluate every point of `grid` not yet done in the file at `path`, and write it.
 
     `evaluators` maps a prefix (a split name: "train", "test") to a measure: a callable
@@ -103,43 +185,131 @@ def compute_surface(
     the prefix "" (e.g. the reference's `max_eig`). The file is rewritten atomically at most every
     `flush_seconds`, at the end, and on interruption (Ctrl-C, SIGTERM), so a rerun of
     the same call continues where this one stopped. The model holds theta0 afterwards.
+
+    With a `group` of several ranks, rank 0 alone locks, reads and writes the file; every rank
+    takes an interleaved share of the points left and the results reach rank 0 in blocks sized
+    to arrive every `flush_seconds`. A point's values depend on its coordinates only, so any
+    number of ranks gives the same file bit for bit. Returns the surface on rank 0, else None.
+    A `shard` restricts the points to those whose flat index is `shard.index` modulo `shard.count`.
     """
     if len(setter.dirs) != grid.ndim:
         raise ValueError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, the setter has {len(setter.dirs)} directions")
+    if flush_seconds < 0:
+        raise LandscapeError(f"--flush-seconds must be >= 0, got {flush_seconds:g}")
+    if max_points is not None and max_points < 0:
+        raise LandscapeError(f"--max-points must be >= 0, got {max_points}")
+    group = group or Group()
+    path = Path(path)
     names = {k: [f"{k}_{m}" if k else m for m in ev.metric_names] for k, ev in evaluators.items()}
     metrics = [m for ms in names.values() for m in ms]
-    surf = open_surface(path, grid, settings, metrics, overwrite)
-    surf.dir_file = dir_file
-    surf.attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    surf.attrs["landscape_version"] = landscape.__version__
-    for k, v in (attrs or {}).items():
-        surf.attrs[k] = v
     points = grid.points()  # (size, ndim)
-    flat_done = surf.done.reshape(-1)  # a view: writes land in surf.done
-    todo = np.flatnonzero(~flat_done)
-    if max_points is not None:
-        todo = todo[:max_points]
-    flat = {m: surf.metrics[m].reshape(-1) for m in metrics}
+    owned = shard.owns(np.arange(grid.size)) if shard is not None else np.ones(grid.size, dtype=bool)
+
+    surf, lock, todo, error = None, None, None, None
+    if group.is_main:
+        try:
+            lock = SurfaceLock(path).acquire()
+            if notes is not None:
+                notes += lock.notes
+            surf = open_surface(path, grid, settings, metrics, overwrite, shard)
+            surf.dir_file = dir_file
+            surf.attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            surf.attrs["landscape_version"] = landscape.__version__
+            for k, v in (attrs or {}).items():
+                surf.attrs[k] = v
+            todo = np.flatnonzero(~surf.done.reshape(-1) & owned)
+            if max_points is not None:
+                todo = todo[:max_points]
+        except BaseException as e:
+            error = e
+            if lock is not None:
+                lock.release()
+    group.agree(error)
+    todo = group.broadcast(todo)
+    share = todo[group.rank::group.world_size]  # interleaved: neighbouring points go to different ranks
+
+    flat = {m: surf.metrics[m].reshape(-1) for m in metrics} if surf is not None else {}
+    flat_done = surf.done.reshape(-1) if surf is not None else None  # views: writes land in surf
+    total, initial = (int(owned.sum()), int((flat_done & owned).sum())) if surf is not None else (0, 0)
+    bar = tqdm(total=total, initial=initial, desc="surface", unit="pt", dynamic_ncols=True,
+               disable=not (progress and group.is_main))
     last_flush = time.monotonic()
-    bar = tqdm(total=grid.size, initial=grid.size - int((~flat_done).sum()), desc="surface",
-               unit="pt", disable=not progress, dynamic_ncols=True)
+    blocks: list[_Block] = []
+    own_error: BaseException | None = None
+    lost: BaseException | None = None
     try:
-        with _sigterm_raises():
-            for idx in todo:
-                setter.set(points[idx])
-                for key, ev in evaluators.items():
-                    for m, v in zip(names[key], ev()):
-                        flat[m][idx] = v
-                flat_done[idx] = True
-                bar.update(1)
-                if time.monotonic() - last_flush >= flush_seconds:
-                    write_surface(path, surf)
-                    last_flush = time.monotonic()
+        with _StopOnSignal() as stop:
+            pos, k = 0, 1
+            while True:
+                block, own_error = _run_block(share[pos:pos + k], points, setter, evaluators, stop, bar)
+                pos += len(block.idx)
+                block.left = len(share) - pos
+                try:
+                    blocks = group.all_gather(block)
+                except RuntimeError as e:  # a rank died: keep what was gathered
+                    lost = e
+                    break
+                if surf is not None:
+                    for r, b in enumerate(blocks):
+                        for idx, row in zip(b.idx, b.values):
+                            for m, v in zip(metrics, row):
+                                flat[m][idx] = v
+                            flat_done[idx] = True
+                        if r != group.rank:
+                            bar.update(len(b.idx))
+                    if time.monotonic() - last_flush >= flush_seconds:
+                        write_surface(path, surf)
+                        last_flush = time.monotonic()
+                if any(b.error is not None or b.signum is not None for b in blocks):
+                    break
+                if all(b.left == 0 for b in blocks):
+                    break
+                if group.world_size > 1:  # next block: about flush_seconds of work on the slowest rank
+                    per_point = max(b.seconds / max(1, len(b.idx)) for b in blocks)
+                    fits = int(flush_seconds / per_point) if per_point > 0 else grid.size
+                    k = max(1, min(fits, max(b.left for b in blocks)))
     finally:
         setter.restore()
         bar.close()
-        write_surface(path, surf)
+        if surf is not None:
+            try:
+                write_surface(path, surf)
+            finally:
+                lock.release()
+
+    saved = f"{int(surf.done.sum())}/{surf.done.size} points are saved in {path}" if surf is not None else ""
+    if lost is not None:
+        raise LandscapeError(f"rank {group.rank} lost contact with the other ranks ({_first_line(lost)})"
+                             + (f"; {saved}; rerun the same command to continue" if saved else ""))
+    failures = [(r, b) for r, b in enumerate(blocks) if b.error is not None]
+    if failures:
+        if group.world_size == 1:
+            raise own_error
+        r, b = failures[0]
+        if group.is_main:
+            if own_error is not None and not isinstance(own_error, LandscapeError):
+                traceback.print_exception(own_error)
+            raise LandscapeError(f"rank {r} of {group.world_size} failed at point {b.failed_at} "
+                                 f"({_coords(points[b.failed_at])}): {b.error}; {saved}; rerun the same command "
+                                 "to continue")
+        if own_error is not None and not isinstance(own_error, LandscapeError):
+            raise own_error  # this rank's traceback goes to its log
+        raise PeerError(b.error)
+    signums = [b.signum for b in blocks if b.signum is not None]
+    if signums:
+        name = signal.Signals(signums[0]).name
+        raise Interrupted(signums[0], f"stopped by {name}: {saved}; rerun the same command to continue"
+                          if saved else f"stopped by {name}")
     return surf
+
+
+def _coords(point: np.ndarray) -> str:
+    return ", ".join(f"{n}={c:g}" for n, c in zip("xy", point))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,11 +349,13 @@ class SurfaceJob:
     fold_bn: bool = True  # fold BatchNorm where exact
     compile: bool = False
     threads: int | None = None  # torch CPU threads; None: torch's default
+    shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
+    flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
 
 
 @dataclass
 class JobResult:
-    surface: Surface
+    surface: Surface | None  # None on ranks other than 0 (only rank 0 holds the file)
     surf_file: Path
     dir_file: Path
     arch: str
@@ -203,72 +375,173 @@ def resolve_device(device: str) -> torch.device:
 
 
 def run_job(job: SurfaceJob) -> JobResult:
-    """Compute (or resume) the surface a job describes; returns the surface and where it went."""
-    notes: list[str] = []
-    check_normalization(job.normalization)
-    ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
-    ckpt = load_checkpoint(ckpt_path, allow_pickle=job.allow_pickle)
-    if ckpt.known is not None:
-        notes.append(ckpt.describe_known())
-    model, arch, more = build_model(ckpt, job.arch)
-    notes += more
-    dataset = job.dataset or ckpt.meta.get("dataset")
-    if dataset is None:
-        raise LandscapeError(f"{ckpt_path} does not say which data it was trained on; pass --dataset")
-    normalization, norm_source = resolve_normalization(job.normalization, dataset, ckpt.meta.get("normalization"))
-    if job.normalization not in (None, "checkpoint") or not ckpt.meta.get("normalization"):
-        notes.append(f"input normalization mean {normalization.mean}, std {normalization.std} from {norm_source}"
-                     if normalization is not None else f"no input normalization ({norm_source})")
+    """Compute (or resume) the surface a job describes; returns the surface and where it went.
+
+    Under torchrun or srun (several ranks, `distributed.dist_info`) every rank loads the model and
+    data, rank 0 makes the directions and alone writes files, and the points are shared out.
+    """
+    info = dist_info()
     device = resolve_device(job.device)
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
-    # channels_last before the direction tensors are taken: .to() replaces parameter storage.
-    model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    with Group(info, device) as group:
+        return _run_job(job, group, device)
 
-    splits = {}
-    for split in job.splits:
-        data = load_dataset(dataset, split, job.data_root, job.n_samples, job.seed)
-        if data.note is not None:
-            notes.append(data.note)
-        x = data.x.to(device)
-        if normalization is not None:
-            x = normalization.apply(x)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        splits[split] = (x, data.y.to(device))
 
-    grid = Grid(job.x, job.y)
-    out = Path(job.out)
-    stem = ckpt_path.stem
-    dir_type = job.xspec.dir_type
-    ends = "".join(f"_to_{Path(c).stem}" for c in (job.ckpt2, job.ckpt3) if c)
-    dir_file = Path(job.dir_file) if job.dir_file else out / f"{stem}{ends}_dirs_{dir_type}_{grid.ndim}d_seed{job.seed}.h5"
-    tensors = target_tensors(model, dir_type)
-    dirs = _directions(job, grid, tensors, ckpt_path.name, dir_file, arch, notes)
-    dirs.check_against(tensors, where=f"direction file {dir_file}")
-    ys = [dirs.y] if grid.ndim == 2 else []
-    engine = EngineOptions(job.precision, job.fold_bn, job.compile, job.batch_size)
-    eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                              [dirs.x, *ys], engine)
-    notes += more
-    loss_fn = get_loss(job.loss)
-    evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
-                  for s, (x, y) in splits.items()}
-    engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
-                    "compile": engine.compile, "threads": torch.get_num_threads()}
-    if engine.precision != "fp32":
-        # the error of the reduced precision at the center, against exact fp32 on the original model
-        first = next(iter(splits))
-        exact = Evaluator(model, *splits[first], loss_fn, engine.batch_size)()[0]
-        setter.set([0.0] * len(setter.dirs))
-        low = evaluators[first]()[0]
-        setter.restore()
-        engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
-        notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
-                     f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
+def _check_job(job: SurfaceJob) -> None:
+    if job.threads is not None and job.threads < 1:
+        raise LandscapeError(f"--threads must be >= 1, got {job.threads}")
+    if job.max_points is not None and job.max_points < 0:
+        raise LandscapeError(f"--max-points must be >= 0, got {job.max_points}")
+    if job.batch_size is not None and job.batch_size < 1:
+        raise LandscapeError(f"--batch-size must be >= 1, got {job.batch_size}")
+    if not job.flush_seconds >= 0:
+        raise LandscapeError(f"--flush-seconds must be >= 0, got {job.flush_seconds:g}")
 
-    tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
-    surf_file = Path(job.surf_file) if job.surf_file else out / f"{stem}_{tag.replace(':', '_')}.h5"
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Fail before any work when `folder` cannot hold our files (read-only, a path through a file).
+
+    Creates nothing: an existing folder gets a test file (removed at once), a missing one is
+    checked at its nearest existing parent.
+    """
+    def refuse(why: str):
+        return LandscapeError(f"cannot write to the folder {str(folder)!r} ({why}); pass {flag} with a writable folder")
+
+    if folder.is_dir():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".landscape-write-test.", dir=folder)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise refuse(e.strerror or type(e).__name__) from None
+        return
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise refuse(f"{parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise refuse(f"{parent} is not writable")
+
+
+def _check_fits(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """The model takes these images and has an output for every label (one forward pass on 2 samples)."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise LandscapeError(f"{what} has label {lo}; labels must be class indices 0..C-1: fix the data file")
+    try:
+        with torch.inference_mode():
+            out = model(x[:2])
+    except RuntimeError as e:
+        raise LandscapeError(f"the model does not take the {what} images, shape {tuple(x.shape[1:])} "
+                             f"({_first_line(e)[:160]}); the checkpoint was trained on other data: pass its --dataset"
+                             ) from None
+    if out.dim() == 2 and hi >= out.shape[1]:
+        raise LandscapeError(f"{what} has labels up to {hi} but the model has {out.shape[1]} outputs; the checkpoint "
+                             "was trained for other classes: pass its --dataset (or fix the labels)")
+
+
+def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
+    notes: list[str] = []
+    error = None
+    try:  # every rank: model and data; errors stop all ranks, rank 0 reports them
+        _check_job(job)
+        check_normalization(job.normalization)
+        device = local_device(group.info, device)
+        ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
+        grid = Grid(job.x, job.y)
+        out = Path(job.out)
+        stem = ckpt_path.stem
+        dir_type = job.xspec.dir_type
+        ends = "".join(f"_to_{Path(c).stem}" for c in (job.ckpt2, job.ckpt3) if c)
+        dir_file = (Path(job.dir_file) if job.dir_file
+                    else out / f"{stem}{ends}_dirs_{dir_type}_{grid.ndim}d_seed{job.seed}.h5")
+        tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
+        surf_file = Path(job.surf_file) if job.surf_file else out / f"{stem}_{tag.replace(':', '_')}.h5"
+        if job.shard is not None:
+            surf_file = job.shard.path(surf_file)
+        if group.is_main:
+            _check_writable(surf_file.parent, "--surf_file" if job.surf_file else "--out")
+            if not dir_file.exists():
+                _check_writable(dir_file.parent, "--dir_file" if job.dir_file else "--out")
+
+        ckpt = load_checkpoint(ckpt_path, allow_pickle=job.allow_pickle)
+        if ckpt.known is not None:
+            notes.append(ckpt.describe_known())
+        model, arch, more = build_model(ckpt, job.arch)
+        notes += more
+        dataset = job.dataset or ckpt.meta.get("dataset")
+        if dataset is None:
+            raise LandscapeError(f"{ckpt_path} does not say which data it was trained on; pass --dataset")
+        normalization, norm_source = resolve_normalization(job.normalization, dataset, ckpt.meta.get("normalization"))
+        if job.normalization not in (None, "checkpoint") or not ckpt.meta.get("normalization"):
+            notes.append(f"input normalization mean {normalization.mean}, std {normalization.std} from {norm_source}"
+                         if normalization is not None else f"no input normalization ({norm_source})")
+        if job.threads is not None:
+            torch.set_num_threads(job.threads)
+        # channels_last before the direction tensors are taken: .to() replaces parameter storage.
+        model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+
+        splits = {}
+        for split in job.splits:
+            data = load_dataset(dataset, split, job.data_root, job.n_samples, job.seed)
+            if data.note is not None:
+                notes.append(data.note)
+            if job.n_samples is not None and job.n_samples > len(data):
+                notes.append(f"--n-samples {job.n_samples} is more than the {len(data)} samples of {dataset} {split}; "
+                             f"using all {len(data)}")
+            x = data.x.to(device)
+            if normalization is not None:
+                x = normalization.apply(x)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = data.y.to(device)
+            if len(y):
+                _check_fits(model, x, y, f"{dataset} {split}")
+            splits[split] = (x, y)
+        tensors = target_tensors(model, dir_type)
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+        error = e
+    group.agree(error)
+
+    # rank 0 draws (or loads) the directions and saves them; then the other ranks read that file
+    dirs, error = None, None
+    if group.is_main:
+        try:
+            dirs = _directions(job, grid, tensors, ckpt_path.name, dir_file, arch, notes, ckpt.sha256)
+            dirs.check_against(tensors, where=f"direction file {dir_file}")
+        except Exception as e:  # noqa: BLE001
+            error = e
+    group.agree(error)
+
+    error = None
+    try:
+        if dirs is None:
+            dirs = load_directions(dir_file)
+            dirs.check_against(tensors, where=f"direction file {dir_file}")
+        ys = [dirs.y] if grid.ndim == 2 else []
+        engine = EngineOptions(job.precision, job.fold_bn, job.compile, job.batch_size)
+        eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
+                                                  [dirs.x, *ys], engine)
+        notes += more
+        loss_fn = get_loss(job.loss)
+        evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
+                      for s, (x, y) in splits.items()}
+        engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
+                        "compile": engine.compile, "threads": torch.get_num_threads()}
+        if engine.precision != "fp32":
+            # the error of the reduced precision at the center, against exact fp32 on the original model
+            first = next(iter(splits))
+            exact = Evaluator(model, *splits[first], loss_fn, engine.batch_size)()[0]
+            setter.set([0.0] * len(setter.dirs))
+            low = evaluators[first]()[0]
+            setter.restore()
+            engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
+            notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
+                         f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
+    except Exception as e:  # noqa: BLE001
+        error = e
+    group.agree(error)
+
     settings = {
         "arch": arch, "checkpoint_sha256": ckpt.sha256, "dataset": dataset, "splits": list(job.splits),
         "n_samples": job.n_samples, "sample_seed": job.seed,
@@ -282,22 +555,32 @@ def run_job(job: SurfaceJob) -> JobResult:
         "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},
         "seed": job.seed, "loss_name": job.loss, "dir_type": dir_type, "directions": dirs.attrs,
         "device": str(device), "batch_size": next(iter(evaluators.values())).batch_size, "engine": engine_attrs,
+        "ranks": group.world_size,
     }
     surf = compute_surface(setter, evaluators, grid, surf_file, settings, attrs, str(dir_file),
-                           overwrite=job.overwrite, max_points=job.max_points, progress=job.progress)
+                           overwrite=job.overwrite, flush_seconds=job.flush_seconds, max_points=job.max_points,
+                           progress=job.progress, shard=job.shard, group=group, notes=notes)
     return JobResult(surf, surf_file, dir_file, arch, notes)
 
 
 def _directions(job: SurfaceJob, grid: Grid, tensors, ckpt_name: str, dir_file: Path, arch: str,
-                notes: list[str]) -> Directions:
+                notes: list[str], ckpt_sha256: str | None = None) -> Directions:
     """Load the direction file if it exists (checking it fits the request), else make and save one."""
-    want = {"dir_type": job.xspec.dir_type, "kind": "random" if job.ckpt2 is None else "interpolation"}
+    # filter-normalized directions depend on the checkpoint's weights: a default-named file is
+    # reused only for the same checkpoint (an explicit --dir_file may serve another one)
+    want = {"dir_type": job.xspec.dir_type, "kind": "random" if job.ckpt2 is None else "interpolation",
+            "checkpoint_sha256": ckpt_sha256}
     if job.ckpt2 is None:
         want.update(kind="random", seed=job.seed, xnorm=job.xspec.norm, xignore=job.xspec.ignore)
         if grid.ndim == 2 and job.ckpt3 is None:
             want.update(same_dir=job.same_dir, ynorm=job.yspec.norm, yignore=job.yspec.ignore)
     if dir_file.exists() and not (job.overwrite and job.dir_file is None):
-        dirs = load_directions(dir_file)
+        try:
+            dirs = load_directions(dir_file)
+        except LandscapeError as e:
+            fix = ("pass --overwrite to draw new directions" if job.dir_file is None
+                   else "pass a direction file written by plot_surface.py, or omit --dir_file")
+            raise LandscapeError(f"{e}; {fix}") from None
         if job.dir_file is None:  # a default name: its settings must be the ones asked for
             diffs = [f"{k}: {dirs.attrs.get(k)!r} vs {v!r}" for k, v in want.items() if dirs.attrs.get(k) != v]
             if diffs:
@@ -324,9 +607,26 @@ def _directions(job: SurfaceJob, grid: Grid, tensors, ckpt_name: str, dir_file: 
                 dirs.attrs.update(seed=job.seed, ynorm=job.yspec.norm, yignore=job.yspec.ignore)
     else:
         dirs = make_directions(tensors, job.xspec, job.seed, grid.ndim, job.same_dir, job.yspec)
-    dirs.attrs.update(arch=arch, checkpoint=ckpt_name)
-    save_directions(dir_file, dirs)
+    dirs.attrs.update(arch=arch, checkpoint=ckpt_name, checkpoint_sha256=ckpt_sha256)
+    _save_directions(dir_file, dirs)
     return dirs
+
+
+def _save_directions(path: Path, dirs: Directions) -> None:
+    """save_directions through a temporary name of this process's own, then an atomic rename.
+
+    The shards of a job array start together and may all write the same direction file; each
+    writes identical contents, and a reader sees one whole file or another, never a mix.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".h5", dir=path.parent)
+    os.close(fd)
+    try:
+        save_directions(tmp, dirs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _other_weights(job: SurfaceJob, path: str, arch: str, dir_type: str) -> list[torch.Tensor]:

@@ -4,22 +4,29 @@ HDF5, and plot it. With no arguments it runs the embedded default: the bundled d
 ResNet-20 on a 2-D filter-normalized grid over the digits training split.
 
 Re-running the same command resumes: only points not yet computed are evaluated.
+Under torchrun or srun the ranks share the points and rank 0 writes the file; with
+--shard i/N (a Slurm job array) each task computes its share into a shard file of its own
+(merge them with scripts/merge_surfaces.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
+from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.evaluate import LOSSES, PRECISIONS  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
-from landscape.surface import SurfaceJob, run_job  # noqa: E402
+from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
@@ -30,15 +37,36 @@ EXAMPLE = """examples:
   python scripts/plot_surface.py --ckpt resnet56-4bfd9763.th --dataset cifar10 --data-root data/ \\
       --x=-1:1:51 --y=-1:1:51 --n-samples 1000      # akamaster's file: architecture and normalization known
   python scripts/plot_surface.py --ckpt a.pt --model_file2 b.pt --x=-0.5:1.5:41   # 1-D interpolation a -> b
+  torchrun --nproc_per_node=4 scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51   # 4 ranks share the points
+  python scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51 --shard 0/8   # job array task 0 of 8 (see scripts/slurm/)
 """
 
 # The embedded default's grid: small enough for under a minute on 2 CPU cores.
 DEFAULT_GRID = "-1:1:25"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line (a LandscapeError), not the usage text."""
+
+    def error(self, message: str):
+        raise LandscapeError(f"{message}; see --help")
+
+
+_NEGATIVE = re.compile(r"^-\.?\d")
+
+
+def _check_negative_values(argv: list[str]) -> None:
+    """`--x -1:1:51` reads -1:1:51 as a flag (argparse); say to write --x=-1:1:51."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--x", "--y") and _NEGATIVE.match(value):
+            raise LandscapeError(f"{flag} {value}: a value starting with '-' is taken for a flag; "
+                                 f"write {flag}={value}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else argv
+    _check_negative_values(argv)
+    p = _Parser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--ckpt", "--model_file", dest="ckpt", default=None,
                    help="checkpoint (.pt/.pth/.th/.t7); default: the bundled digits ResNet-20")
@@ -84,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--overwrite", action="store_true", help="replace a surface file made with other settings")
     o.add_argument("--max-points", type=int, default=None,
                    help="compute at most N points in this run (rerun the same command to continue)")
+    o.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute share I of N (points whose index is I modulo N) into <surf>.shard-I-of-N.h5, "
+                        "e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; merge with merge_surfaces.py")
+    o.add_argument("--flush-seconds", type=float, default=5.0,
+                   help="rewrite the surface file (atomically) at most this often; also at the end and on "
+                        "SIGTERM/Ctrl-C (default 5)")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     o.add_argument("--cuda", action="store_true", help="same as --device cuda (reference code flag)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -133,19 +167,42 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         surf_file=args.surf_file, out=args.out, loss=args.loss, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
         precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
+        shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
     )
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    job = build_job(args)
-    result = run_job(job)
+    try:
+        rank = dist_info().rank
+    except LandscapeError:
+        rank = 0  # run_job reports the bad environment
+    try:
+        args = parse_args(argv)
+        job = build_job(args)
+        result = run_job(job)
+    except PeerError:
+        raise SystemExit(2) from None  # another rank failed; rank 0 says why
+    except LandscapeError:
+        if rank != 0:
+            raise SystemExit(2) from None  # every rank hit the same error; rank 0 prints it
+        raise
+    except Interrupted as e:
+        if rank == 0:
+            print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    if rank != 0:
+        return 0
     for note in result.notes:
         print(f"note: {note}")
     surf = result.surface
-    print(f"surface:    {result.surf_file}  ({int(surf.done.sum())}/{surf.done.size} points done)")
+    status = f"{int(surf.done.sum())}/{surf.done.size} points done"
+    if job.shard is not None:
+        mine = job.shard.owns(np.arange(surf.done.size))
+        ours = int(surf.done.reshape(-1)[mine].sum())
+        status += f"; shard {job.shard.spec()}: {ours}/{int(mine.sum())} of its points"
+    print(f"surface:    {result.surf_file}  ({status})")
     print(f"directions: {result.dir_file}")
     if args.plot or not argv:
         from landscape.plot import plot_surface_figures
