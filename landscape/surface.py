@@ -345,6 +345,8 @@ class SurfaceJob:
     allow_pickle: bool = False
     max_points: int | None = None
     progress: bool = True
+    bn_recompute: bool = False  # re-estimate BN running statistics at every point (train split)
+    bn_samples: int | None = None  # samples for that; None: --n-samples, else the whole split
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16
     fold_bn: bool = True  # fold BatchNorm where exact
     compile: bool = False
@@ -519,7 +521,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             dirs = load_directions(dir_file)
             dirs.check_against(tensors, where=f"direction file {dir_file}")
         ys = [dirs.y] if grid.ndim == 2 else []
-        engine = EngineOptions(job.precision, job.fold_bn, job.compile, job.batch_size)
+        # folding bakes BN statistics into the weights: not with statistics re-estimated per point
+        engine = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size)
         eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
                                                   [dirs.x, *ys], engine)
         notes += more
@@ -538,6 +541,16 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
             notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
                          f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
+        bn_samples = None
+        if job.bn_recompute:
+            from landscape.bn import BNRecomputeSetter
+
+            bx = load_dataset(dataset, "train", job.data_root, job.bn_samples or job.n_samples, job.seed).x.to(device)
+            if normalization is not None:
+                bx = normalization.apply(bx)
+            setter = BNRecomputeSetter(setter, model, bx, batch_size=job.batch_size or 512)
+            bn_samples = len(bx)
+            notes.append(f"BatchNorm statistics re-estimated at every point from {bn_samples} training samples")
     except Exception as e:  # noqa: BLE001
         error = e
     group.agree(error)
@@ -550,6 +563,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         "x": job.x.spec(), "y": job.y.spec() if job.y is not None else None, "loss": job.loss,
         "precision": engine.precision,
     }
+    if bn_samples is not None:  # only when on, so files made before the option still resume
+        settings["bn_recompute"] = {"samples": bn_samples}
     attrs = {
         "model": arch, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt.sha256, "dataset": dataset,
         "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},

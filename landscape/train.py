@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from landscape.data import Normalization, TensorData
 from landscape.errors import LandscapeError
+from landscape.optim import CalibratedAdam
 
-OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop", "radam")
+OPTIMIZERS = ("sgd", "adam", "adagrad", "rmsprop", "radam", "sadam")  # sadam: landscape.optim.CalibratedAdam
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.optimizer == "radam":
         return torch.optim.RAdam(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer == "sadam":
+        return CalibratedAdam(params, lr=cfg.lr, weight_decay=wd)
     raise LandscapeError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
 
 

@@ -104,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--yignore", default="biasbn", choices=IGNORES)
     g.add_argument("--same_dir", action="store_true", help="use the x direction for y too")
     g.add_argument("--seed", type=int, default=0, help="seed of the directions and of --n-samples")
+    g.add_argument("--bn-recompute", action="store_true",
+                   help="re-estimate BatchNorm statistics at every point from training samples (interpolations "
+                        "of BN nets otherwise look worse than they are); disables BN folding")
+    g.add_argument("--bn-samples", type=int, default=None, help="training samples for --bn-recompute")
     g.add_argument("--dir_file", default=None, help="reuse (or write) directions in this HDF5 file")
 
     o = p.add_argument_group("output")
@@ -166,7 +170,7 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         same_dir=args.same_dir, ckpt2=args.ckpt2, ckpt3=args.ckpt3, dir_file=args.dir_file,
         surf_file=args.surf_file, out=args.out, loss=args.loss, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
-        precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
+        bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
         shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
     )
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from landscape.directions import DirectionSpec, make_directions, save_directions, target_tensors
 from landscape.models import get_model
+from landscape.storage import read_surface
 from landscape.storage import read_surface
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +146,26 @@ def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --x must be min:max:num"), proc.stderr
+
+
+def test_bn_recompute_is_wired_through_the_cli(plot_surface, capsys, digits_ckpt: Path,
+                                                                tmp_path: Path) -> None:
+    """--bn-recompute is wired through: recorded in the settings, noted, and it changes the values."""
+    from landscape.checkpoint import load_checkpoint, save_checkpoint, build_model
+
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    torch.manual_seed(5)
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, model, load_checkpoint(digits_ckpt).meta)
+    common = ["--ckpt", str(digits_ckpt), "--model_file2", str(other), "--x=0:1:3", "--n-samples", "64",
+              "--out", str(tmp_path), "--no-progress"]
+    assert plot_surface.main(common + ["--surf_file", str(tmp_path / "plain.h5")]) == 0
+    assert plot_surface.main(common + ["--surf_file", str(tmp_path / "bn.h5"), "--bn-recompute"]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm statistics re-estimated at every point from 64 training samples" in out
+    plain, bn = read_surface(tmp_path / "plain.h5"), read_surface(tmp_path / "bn.h5")
+    assert bn.settings["bn_recompute"] == {"samples": 64} and "bn_recompute" not in plain.settings
+    assert not np.array_equal(plain.metrics["train_loss"], bn.metrics["train_loss"])
+    assert bn.done.all() and np.isfinite(bn.metrics["train_loss"]).all()
