@@ -169,3 +169,33 @@ def test_bn_recompute_is_wired_through_the_cli(plot_surface, capsys, digits_ckpt
     assert bn.settings["bn_recompute"] == {"samples": 64} and "bn_recompute" not in plain.settings
     assert not np.array_equal(plain.metrics["train_loss"], bn.metrics["train_loss"])
     assert bn.done.all() and np.isfinite(bn.metrics["train_loss"]).all()
+
+
+def test_plane_through_three_checkpoints(plot_surface, digits_ckpt: Path, tmp_path: Path) -> None:
+    """--model_file2/3: (0,0), (1,0) and (0,1) are the three checkpoints themselves."""
+    from landscape.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+    from landscape.evaluate import Evaluator
+
+    base = load_checkpoint(digits_ckpt)
+    paths = [digits_ckpt]
+    for seed in (1, 2):
+        model, _, _ = build_model(base)
+        torch.manual_seed(seed)
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.05 * torch.randn_like(t).abs())  # abs: running_var stays positive
+        paths.append(tmp_path / f"m{seed}.pt")
+        save_checkpoint(paths[-1], model, base.meta)
+    argv = ["--ckpt", str(paths[0]), "--model_file2", str(paths[1]), "--model_file3", str(paths[2]),
+            "--x=0:1:2", "--y=0:1:2", "--n-samples", "64", "--out", str(tmp_path), "--no-progress",
+            "--surf_file", str(tmp_path / "plane.h5")]
+    assert plot_surface.main(argv) == 0
+    surf = read_surface(tmp_path / "plane.h5")
+    data = load_dataset("digits", "train", n_samples=64, seed=0)
+    x = DEFAULT_NORMALIZATION["digits"].apply(data.x)
+    for (iy, ix), path in zip([(0, 0), (0, 1), (1, 0)], paths):
+        model, _, _ = build_model(load_checkpoint(path))
+        loss, acc = Evaluator(model, x, data.y)()
+        assert surf.metrics["train_loss"][iy, ix] == pytest.approx(loss, rel=1e-5)
+        assert surf.metrics["train_acc"][iy, ix] == acc
