@@ -37,8 +37,8 @@ def _tf32(enabled: bool):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
-# Measured on 2 CPU cores (digits ResNet-20): batch 512 is 2.2x faster than the whole set of 1,437
-# at once (cache), and 1.1x faster than 256. scripts/benchmark.py re-measures.
+# The fastest CPU batch depends on the model and on the machine's load (BENCHMARKS.md:
+# scripts/benchmark.py --batch-size B); 512 is a middle choice, --batch-size overrides it.
 DEFAULT_BATCH = 512
 DEFAULT_BATCH_CUDA = 8192  # halved on out-of-memory until it fits
 
