@@ -24,15 +24,16 @@ PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
-    """Allow TF32 on CUDA inside the block only (fp32 stays exact everywhere else)."""
-    if not enabled:
+def tf32_mode(device: torch.device, allow: bool):
+    """Inside the block, CUDA matmuls and cuDNN convolutions use TF32 exactly when `allow`
+    (cuDNN allows it by default); the previous settings come back afterwards. No-op off CUDA."""
+    if device.type != "cuda":
         yield
         return
     old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = allow
     try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
@@ -145,7 +146,7 @@ class Evaluator:
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         dtype = PRECISIONS[self.precision]
         autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
-        with torch.inference_mode(), autocast, _tf32(self.precision == "tf32" and dev.type == "cuda"):
+        with torch.inference_mode(), autocast, tf32_mode(dev, self.precision == "tf32"):
             for i in range(0, len(self.x), self.batch_size):
                 xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
                 out = self.model(xb)

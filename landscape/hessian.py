@@ -14,7 +14,6 @@ code differentiates the sum of per-batch mean losses, which scales with the numb
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.directions import IGNORES, Directions, random_direction
 from landscape.errors import LandscapeError
-from landscape.evaluate import LossFn, cross_entropy
+from landscape.evaluate import LossFn, cross_entropy, tf32_mode
 
 Vector = list[torch.Tensor]
 
@@ -87,21 +86,6 @@ def hessian_parameters(model: nn.Module, ignore: str = "biasbn") -> list[tuple[s
     if not pairs:
         raise LandscapeError(f"the model has no parameter to take the Hessian over with ignore={ignore!r}")
     return pairs
-
-
-@contextlib.contextmanager
-def _exact_fp32(device: torch.device):
-    """No TF32 in the block on CUDA (cuDNN convolutions allow it by default): curvature needs fp32."""
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 class HessianOperator:
@@ -172,7 +156,7 @@ class HessianOperator:
         v = [a.to(device=p.device, dtype=p.dtype) for a, p in zip(v, self.params)]
         start = time.perf_counter()
         self.model.eval()
-        with torch.enable_grad(), _exact_fp32(self.device):
+        with torch.enable_grad(), tf32_mode(self.device, allow=False):
             while True:
                 try:
                     out = self._product(v)

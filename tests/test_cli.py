@@ -19,7 +19,6 @@ import torch
 from landscape.directions import DirectionSpec, make_directions, save_directions, target_tensors
 from landscape.models import get_model
 from landscape.storage import read_surface
-from landscape.storage import read_surface
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--n-samples", "16", "--no-progress"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
-from landscape.evaluate import EngineOptions, Evaluator, PointSetter, prepare_engine
+from landscape.evaluate import EngineOptions, Evaluator, prepare_engine
 from landscape.errors import LandscapeError
 from landscape.fold import fold_batchnorm
 from landscape.models import get_model
