@@ -140,21 +140,38 @@ class Evaluator:
                 torch.cuda.empty_cache()
 
     def _evaluate(self) -> tuple[float, float]:
+        loss_sum, correct = self.sums().select(1, 0).tolist()
+        n = len(self.x)
+        return loss_sum / n, correct / n
+
+    def sums(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Per-sample sums over the samples [start, stop) at the current weights, without a host sync.
+
+        A float64 tensor of shape (len(metric_names), 2) on the data's device: row i holds the sum
+        and the sum of squares of metric i's per-sample values (the loss; 1.0 or 0.0 for accuracy),
+        enough for a mean and its standard error over any union of disjoint ranges.
+        """
+        stop = len(self.x) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.x):
+            raise ValueError(f"sample range [{start}, {stop}) is outside [0, {len(self.x)})")
         self.model.eval()
         dev = self.x.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        loss_sq = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         dtype = PRECISIONS[self.precision]
         autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
         with torch.inference_mode(), autocast, tf32_mode(dev, self.precision == "tf32"):
-            for i in range(0, len(self.x), self.batch_size):
-                xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+            for i in range(start, stop, self.batch_size):
+                j = min(i + self.batch_size, stop)
+                xb, yb = self.x[i:j], self.y[i:j]
                 out = self.model(xb)
-                loss_sum += self.loss_fn(out, yb).sum(dtype=torch.float64)
+                loss = self.loss_fn(out, yb)
+                loss_sum += loss.sum(dtype=torch.float64)
+                loss_sq += loss.double().square().sum()
                 correct += (out.argmax(dim=1) == yb).sum()
-            result = torch.stack([loss_sum, correct.to(torch.float64)]).tolist()
-        n = len(self.x)
-        return result[0] / n, result[1] / n
+            hits = correct.to(torch.float64)
+            return torch.stack([torch.stack([loss_sum, loss_sq]), torch.stack([hits, hits])])
 
 
 @dataclass(frozen=True)

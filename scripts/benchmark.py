@@ -45,6 +45,8 @@ MODES = {
     "compile": EngineOptions(precision="fp32", fold_bn=True, compile=True),
     "compile-bf16": EngineOptions(precision="bf16", fold_bn=True, compile=True),
 }
+CIFAR_CASES = ("cifar-resnet20", "cifar-resnet56")  # random 3x32x32 images, random BN statistics
+CASES = ("digits-resnet56", *CIFAR_CASES)
 EXAMPLE = """examples:
   python scripts/benchmark.py                                  # both default cases, modes fp32,fp32-nofold,bf16
   python scripts/benchmark.py --case digits-resnet56 --modes fp32,bf16,compile --json results/bench.json --record
@@ -52,7 +54,8 @@ EXAMPLE = """examples:
 
 
 def make_case(name: str, device: torch.device, n: int | None):
-    """(model, x, y) for a named case: digits-resnet56 (bundled checkpoint when present) or cifar-resnet20."""
+    """(model, x, y) for a named case: digits-resnet56 (bundled checkpoint when present), or a CIFAR
+    ResNet on random 3x32x32 images (cifar-resnet20, cifar-resnet56: throughput needs no real data)."""
     if name == "digits-resnet56":
         ckpt = ROOT / "checkpoints" / "digits_resnet56.pt"
         if ckpt.is_file():
@@ -62,15 +65,15 @@ def make_case(name: str, device: torch.device, n: int | None):
         data = load_dataset("digits", "train", n_samples=n)
         x = DEFAULT_NORMALIZATION["digits"].apply(data.x)
         y = data.y
-    elif name == "cifar-resnet20":
+    elif name in CIFAR_CASES:
         torch.manual_seed(0)
-        model = get_model("resnet20", num_classes=10, in_channels=3)
+        model = get_model(name.removeprefix("cifar-"), num_classes=10, in_channels=3)
         _random_bn_stats(model)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n or 512, 3, 32, 32, generator=g)
         y = torch.randint(0, 10, (len(x),), generator=g)
     else:
-        raise LandscapeError(f"--case must be digits-resnet56 or cifar-resnet20, got {name!r}")
+        raise LandscapeError(f"--case must be one of {', '.join(CASES)}, got {name!r}")
     return model.eval().to(device), x.to(device), y.to(device)
 
 
@@ -195,7 +198,7 @@ def markdown(results: list[dict], command: str) -> str:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", action="append", default=None, help="digits-resnet56, cifar-resnet20 (repeatable)")
+    p.add_argument("--case", action="append", default=None, help=f"{', '.join(CASES)} (repeatable; default the first two)")
     p.add_argument("--modes", default="fp32,fp32-nofold,bf16", help=f"comma-separated, from {', '.join(MODES)}")
     p.add_argument("--points", type=int, default=8, help="grid points per timing")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median taken)")

@@ -1,20 +1,54 @@
 #!/usr/bin/env bash
-# All GPU checks in one go (run on a CUDA machine; about 5 minutes on an H200):
-#   1. the benchmark on CUDA (plain eager vs our modes, ratios and errors) -> $OUT/bench.json
-#   2. a full 51x51 ResNet-56 surface over the 50,000-image CIFAR-10 JPEG train set in bf16, timed.
+# All GPU checks in one go, on a CUDA machine (about 8 minutes on an H200):
+#   1. the CUDA tests (CPU vs CUDA agreement of the loop and of Hessian-vector products)
+#   2. the benchmark on CUDA: plain eager vs our modes, ratios and errors -> $out/bench*.json
+#   3. the full 51x51 ResNet-56 surface over the 50,000-image CIFAR-10 train set (akamaster
+#      checkpoint) in bf16, timed; --compile too when the benchmark shows it pays. Stopped with
+#      SIGTERM after SURFACE_SECONDS (default 300): the file keeps every point and a rerun resumes.
+#   4. the whole test suite with CUDA visible (8 processes, capped at SUITE_SECONDS, default 120)
 # Usage: scripts/gpu_check.sh DATA_DIR CKPT [OUT]
 #   DATA_DIR: folder with cifar10_train_jpeg50k.npz (or cifar-10-batches-py/)
-#   CKPT:     e.g. resnet56-4bfd9763.th (akamaster; recognised by its sha256)
-set -euo pipefail
+#   CKPT:     resnet56-4bfd9763.th (akamaster; recognised by its sha256)
+# Environment: GRID (default -1:1:51), SURFACE_SECONDS, SUITE_SECONDS, BENCH_SAMPLES (default 16384).
+set -uo pipefail
 data=${1:?usage: scripts/gpu_check.sh DATA_DIR CKPT [OUT]}
 ckpt=${2:?usage: scripts/gpu_check.sh DATA_DIR CKPT [OUT]}
 out=${3:-${OUT:-results/gpu_check}}
+grid=${GRID:--1:1:51}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-python3 scripts/benchmark.py --device cuda --modes fp32,tf32,bf16,compile-bf16 --points 16 --repeats 3 \
-    --json "$out/bench.json" | tee "$out/bench.md"
-start=$(date +%s)
-python3 scripts/plot_surface.py --ckpt "$ckpt" --dataset cifar10 --data-root "$data" \
-    --x=-1:1:51 --y=-1:1:51 --precision bf16 --device cuda --out "$out" --no-progress --plot | tee "$out/surface.txt"
-echo "51x51 surface wall time: $(( $(date +%s) - start )) s" | tee -a "$out/surface.txt"
+export PYTHONUNBUFFERED=1
+log="$out/gpu_check.log"
+{
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+
+echo "== 1. CUDA tests"
+python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_hessian.py -k cuda
+
+echo "== 2. benchmark"
+python3 scripts/benchmark.py --device cuda --case digits-resnet56 --case cifar-resnet20 \
+    --modes fp32,tf32,bf16 --n-samples "${BENCH_SAMPLES:-16384}" --points 8 --repeats 3 --json "$out/bench_small.json"
+python3 scripts/benchmark.py --device cuda --case cifar-resnet56 --modes fp32,tf32,bf16,compile-bf16 \
+    --n-samples "${BENCH_SAMPLES:-16384}" --points 8 --repeats 3 --json "$out/bench_resnet56.json"
+compile=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))
+print('--compile' if m['compile-bf16']['ips'] > 1.1 * m['bf16']['ips'] else '')" "$out/bench_resnet56.json" 2>/dev/null)
+echo "surface mode: bf16 ${compile:-eager}"
+
+echo "== 3. ${grid} x ${grid} surface, ResNet-56, CIFAR-10 train"
+start=$(date +%s.%N)
+timeout -s TERM "${SURFACE_SECONDS:-300}" python3 scripts/plot_surface.py --ckpt "$ckpt" --dataset cifar10 \
+    --data-root "$data" --x="$grid" --y="$grid" --precision bf16 $compile --device cuda --out "$out" --no-progress
+echo "surface exit status $?; wall time $(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$start") s"
+python3 - "$out" <<'EOF'
+import glob, json, sys, h5py
+for f in glob.glob(f"{sys.argv[1]}/*x*_y*.h5"):
+    with h5py.File(f) as h:
+        done = h["done"][()]
+        eng = json.loads(h.attrs["engine"]) if isinstance(h.attrs.get("engine"), str) else h.attrs.get("engine")
+        print(f, "points done", int(done.sum()), "of", done.size, "engine", eng, "batch", h.attrs.get("batch_size"))
+EOF
+
+echo "== 4. test suite with CUDA visible"
+timeout -s TERM "${SUITE_SECONDS:-120}" python3 -m pytest -q -x -p no:cacheprovider -n 8 tests 2>&1 | tail -25
+} 2>&1 | tee "$log"

@@ -158,3 +158,24 @@ def test_compiled_model_sees_in_place_weight_updates():
     assert len({round(l, 6) for l, _ in compiled}) == len(POINTS)
     for (le, ae), (lc, ac) in zip(eager, compiled):
         assert lc == pytest.approx(le, rel=1e-5) and ac == ae
+
+
+def test_sums_over_ranges_add_up_and_give_the_mean():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).double()
+    x = torch.randn(37, 3, 2, 2, dtype=torch.float64)
+    y = torch.randint(0, 4, (37,))
+    ev = Evaluator(model, x, y, batch_size=5)
+    whole = ev.sums()
+    parts = ev.sums(0, 11) + ev.sums(11, 30) + ev.sums(30, 37)
+    torch.testing.assert_close(parts, whole, rtol=1e-12, atol=0)
+    with torch.no_grad():
+        per = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+        hits = (model(x).argmax(1) == y).double()
+    torch.testing.assert_close(whole, torch.stack([torch.stack([per.sum(), per.square().sum()]),
+                                                   torch.stack([hits.sum(), hits.sum()])]), rtol=1e-6, atol=0)
+    loss, acc = ev()  # per-sample losses are fp32 (cross_entropy casts the scores), sums fp64
+    assert loss == pytest.approx(per.mean().item(), rel=1e-6) and acc == pytest.approx(hits.mean().item())
+    assert ev.sums(5, 5).abs().sum() == 0
+    with pytest.raises(ValueError, match="outside"):
+        ev.sums(30, 38)
