@@ -1,4 +1,4 @@
-"""The hot loop: move the weights to a point, then loss and accuracy over a resident data set.
+"""The hot loop: move the weights to a point, then the loss and metrics over a resident data set.
 
 Nothing here knows about files. A point is written into the model's tensors in place as
 theta0 + sum_i c_i * d_i with fused `torch._foreach_*` ops; the data set lives on the
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from landscape import losses as _losses
 from landscape.errors import LandscapeError
 from landscape.fold import fold_batchnorm
+from landscape.metrics import accuracy
 
 # precision -> autocast dtype (None: no autocast). tf32 is fp32 storage with TF32 tensor-core
 # matmuls and convolutions on CUDA (about 1e-3 relative error), plain fp32 elsewhere.
@@ -43,28 +44,60 @@ def tf32_mode(device: torch.device, allow: bool):
 DEFAULT_BATCH = 512
 DEFAULT_BATCH_CUDA = 8192  # halved on out-of-memory until it fits
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-sample losses (N,)
+# Losses live in landscape.losses (re-exported here: `mse` is the reference's softmax MSE).
+LossFn = _losses.LossFn
+cross_entropy = _losses.cross_entropy
+mse = _losses.softmax_mse
+LOSSES = _losses.LOSSES
+get_loss = _losses.get_loss
+Measures = Mapping[str, LossFn]  # metric name -> (output, targets) -> per-sample values or a mean
 
 
-def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy of class scores (N, C) against labels (N,)."""
-    return F.cross_entropy(output.float(), target, reduction="none")
+def check_metrics(metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
+    """The metric callables by name (None: accuracy, as "acc"); names become file datasets."""
+    metrics = {"acc": accuracy} if metrics is None else dict(metrics)
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not name or "/" in name or name == "loss":
+            raise LandscapeError(f"metric names must be non-empty strings without '/' other than 'loss', got {name!r}")
+        if not callable(fn):
+            raise LandscapeError(f"metric {name!r} must be a callable (output, targets) -> values, got {type(fn).__name__}")
+    return metrics
 
 
-def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error of softmax(scores) against one-hot labels (the reference's MSE)."""
-    p = F.softmax(output.float(), dim=1)
-    onehot = F.one_hot(target, p.shape[1]).to(p.dtype)
-    return (p - onehot).pow(2).mean(dim=1)
+def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str]) -> torch.Tensor:
+    """(len(fns), 2) float64: per function, the sum and the sum of squares of its per-sample values.
+
+    Values of shape (n, ...) are averaged over the trailing dimensions to one per sample; a 0-dim
+    value is a batch mean and counts as n samples of that value (its sum of squares then ignores
+    the spread inside the batch).
+    """
+    rows = []
+    for fn, name in zip(fns, names):
+        v = fn(output, target)
+        if not isinstance(v, torch.Tensor):
+            v = torch.as_tensor(v, dtype=torch.float64)
+        if not v.is_floating_point():
+            v = v.double()
+        if v.dim() == 0:
+            v = v.double()
+            rows.append(torch.stack([v * n, v.square() * n]))
+            continue
+        if v.shape[0] != n:
+            raise LandscapeError(f"{name} gave values of shape {tuple(v.shape)} for a batch of {n} samples; "
+                                 f"return one value per sample, shape ({n}, ...), or a 0-dim mean")
+        if v.dim() > 1:
+            v = v.double().reshape(n, -1).mean(dim=1)
+        rows.append(torch.stack([v.sum(dtype=torch.float64), v.double().square().sum()]))
+    return torch.stack(rows)
 
 
-LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
-
-
-def get_loss(name: str) -> LossFn:
-    if name not in LOSSES:
-        raise LandscapeError(f"--loss_name must be one of {', '.join(LOSSES)}, got {name!r}")
-    return LOSSES[name]
+@contextlib.contextmanager
+def eval_mode(device: torch.device, precision: str):
+    """inference_mode, the precision's autocast and TF32 setting, for one pass of evaluation."""
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, tf32_mode(device, precision == "tf32"):
+        yield
 
 
 class PointSetter:
@@ -102,12 +135,17 @@ class PointSetter:
 
 
 class Evaluator:
-    """Mean loss and accuracy of a model over one resident, normalized data set."""
+    """Mean loss and metrics (accuracy by default) of a model over one resident data set.
 
-    metric_names = ("loss", "acc")  # what __call__ returns, in order
+    `x` is the model's input and `y` the targets, both with the samples along dimension 0;
+    `loss_fn` and each of `metrics` map (output, targets) to per-sample values (or a mean, see
+    `batch_sums`).
+    """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy,
-                 batch_size: int | None = None, precision: str = "fp32"):
+    metric_names: tuple[str, ...] = ("loss", "acc")  # what __call__ returns, in order (per instance)
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: Any, loss_fn: LossFn = cross_entropy,
+                 batch_size: int | None = None, precision: str = "fp32", metrics: Measures | None = None):
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if len(x) == 0:
@@ -115,6 +153,9 @@ class Evaluator:
         self.model = model
         self.x, self.y = x, y
         self.loss_fn = loss_fn
+        self.metrics = check_metrics(metrics)
+        self.metric_names = ("loss", *self.metrics)
+        self._fns = [loss_fn, *self.metrics.values()]
         self.batch_size = batch_size or min(len(x), DEFAULT_BATCH if x.device.type == "cpu" else DEFAULT_BATCH_CUDA)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
@@ -125,8 +166,9 @@ class Evaluator:
     def __len__(self) -> int:
         return len(self.y)
 
-    def __call__(self) -> tuple[float, float]:
-        """(mean loss, accuracy as a fraction) at the model's current weights; one host sync.
+    def __call__(self) -> tuple[float, ...]:
+        """The mean of each of `metric_names` (loss first; accuracy as a fraction) at the model's
+        current weights; one host sync.
 
         On a CUDA out-of-memory error the batch size is halved and the point evaluated again.
         """
@@ -139,39 +181,30 @@ class Evaluator:
                 self.batch_size = max(1, self.batch_size // 2)
                 torch.cuda.empty_cache()
 
-    def _evaluate(self) -> tuple[float, float]:
-        loss_sum, correct = self.sums().select(1, 0).tolist()
+    def _evaluate(self) -> tuple[float, ...]:
         n = len(self.x)
-        return loss_sum / n, correct / n
+        return tuple(s / n for s in self.sums().select(1, 0).tolist())
 
     def sums(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Per-sample sums over the samples [start, stop) at the current weights, without a host sync.
 
         A float64 tensor of shape (len(metric_names), 2) on the data's device: row i holds the sum
         and the sum of squares of metric i's per-sample values (the loss; 1.0 or 0.0 for accuracy),
-        enough for a mean and its standard error over any union of disjoint ranges.
+        enough for a mean and its standard error over any union of disjoint ranges. A function that
+        returns a batch mean contributes (batch size) x mean and x mean^2 (see `batch_sums`): its
+        means are right, its standard errors are not per-sample ones.
         """
         stop = len(self.x) if stop is None else stop
         if not 0 <= start <= stop <= len(self.x):
             raise ValueError(f"sample range [{start}, {stop}) is outside [0, {len(self.x)})")
         self.model.eval()
         dev = self.x.device
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        loss_sq = torch.zeros((), dtype=torch.float64, device=dev)
-        correct = torch.zeros((), dtype=torch.int64, device=dev)
-        dtype = PRECISIONS[self.precision]
-        autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
-        with torch.inference_mode(), autocast, tf32_mode(dev, self.precision == "tf32"):
+        total = torch.zeros(len(self._fns), 2, dtype=torch.float64, device=dev)
+        with eval_mode(dev, self.precision):
             for i in range(start, stop, self.batch_size):
                 j = min(i + self.batch_size, stop)
-                xb, yb = self.x[i:j], self.y[i:j]
-                out = self.model(xb)
-                loss = self.loss_fn(out, yb)
-                loss_sum += loss.sum(dtype=torch.float64)
-                loss_sq += loss.double().square().sum()
-                correct += (out.argmax(dim=1) == yb).sum()
-            hits = correct.to(torch.float64)
-            return torch.stack([torch.stack([loss_sum, loss_sq]), torch.stack([hits, hits])])
+                total += batch_sums(self.model(self.x[i:j]), self.y[i:j], j - i, self._fns, self.metric_names)
+            return total
 
 
 @dataclass(frozen=True)

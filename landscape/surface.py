@@ -137,27 +137,46 @@ class _Block:
 
 
 def _run_block(indices: np.ndarray, points: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any],
-               stop: _StopOnSignal, bar: tqdm) -> tuple[_Block, BaseException | None]:
-    """Evaluate the points `indices` (until a stop or a failure); the exception is kept for its rank."""
+               stop: _StopOnSignal, bar: tqdm, per_pass: int = 1) -> tuple[_Block, BaseException | None]:
+    """Evaluate the points `indices` (until a stop or a failure), `per_pass` at a time; the
+    exception is kept for its rank (a failure is reported at the first point of its pass)."""
     t0 = time.perf_counter()
     block = _Block([], [], 0.0)
     error = None
-    for idx in indices:
+    for start in range(0, len(indices), per_pass):
         if stop.signum is not None:
             break
+        chunk = [int(i) for i in indices[start:start + per_pass]]
         try:
-            setter.set(points[idx])
-            row = [float(v) for ev in evaluators.values() for v in ev()]
+            rows = _evaluate_points(points[chunk], setter, evaluators)
         except BaseException as e:  # noqa: BLE001 - any failure ends the run; it is re-raised by its rank
-            error, block.failed_at = e, int(idx)
+            error, block.failed_at = e, chunk[0]
             block.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             break
-        block.idx.append(int(idx))
-        block.values.append(row)
-        bar.update(1)
+        block.idx += chunk
+        block.values += rows
+        bar.update(len(chunk))
     block.signum = stop.signum
     block.seconds = time.perf_counter() - t0
     return block, error
+
+
+def _evaluate_points(coords: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any]) -> list[list[float]]:
+    """One row per point: every measure's values in `evaluators` order. A measure with a `block`
+    method (a streaming evaluator) takes all the points in one pass over its data; the others are
+    called once per point after the setter has moved the model there."""
+    cols: dict[str, list] = {}
+    plain = [k for k, ev in evaluators.items() if not hasattr(ev, "block")]
+    if plain:
+        per_point = []
+        for c in coords:
+            setter.set(c)
+            per_point.append([[float(v) for v in evaluators[k]()] for k in plain])
+        cols = {k: [p[j] for p in per_point] for j, k in enumerate(plain)}
+    for k, ev in evaluators.items():
+        if k not in cols:
+            cols[k] = [[float(v) for v in row] for row in ev.block(setter, coords)]
+    return [[v for k in evaluators for v in cols[k][i]] for i in range(len(coords))]
 
 
 def compute_surface(
@@ -239,9 +258,11 @@ def compute_surface(
     lost: BaseException | None = None
     try:
         with _StopOnSignal() as stop:
-            pos, k = 0, 1
+            # a streaming measure evaluates `points_per_pass` points per pass over its data
+            per_pass = max([getattr(ev, "points_per_pass", 1) for ev in evaluators.values()] + [1])
+            pos, k = 0, per_pass
             while True:
-                block, own_error = _run_block(share[pos:pos + k], points, setter, evaluators, stop, bar)
+                block, own_error = _run_block(share[pos:pos + k], points, setter, evaluators, stop, bar, per_pass)
                 pos += len(block.idx)
                 block.left = len(share) - pos
                 try:
@@ -267,7 +288,7 @@ def compute_surface(
                 if group.world_size > 1:  # next block: about flush_seconds of work on the slowest rank
                     per_point = max(b.seconds / max(1, len(b.idx)) for b in blocks)
                     fits = int(flush_seconds / per_point) if per_point > 0 else grid.size
-                    k = max(1, min(fits, max(b.left for b in blocks)))
+                    k = max(per_pass, min(fits, max(b.left for b in blocks)))
     finally:
         setter.restore()
         bar.close()
