@@ -5,12 +5,42 @@ Reproduces and extends Li et al., "Visualizing the Loss Landscape of Neural Nets
 2-D grids of weight perturbations, HDF5 surfaces that resume after a kill, and
 contour, heat-map, 3-D and 1-D plots.
 
+The Python API, for any torch.nn.Module, data and loss:
+
+    import landscape as ll
+    surf = ll.compute_surface(model, (x, y), loss=ll.losses.cross_entropy,
+                              metrics={"acc": ll.metrics.accuracy},
+                              x=ll.Axis(-1, 1, 51), y=ll.Axis(-1, 1, 51), seed=0, out="runs/my.h5")
+    ll.plot.contour(surf)            # or surf.plot_contour(ax=...)
+
+- compute_surface(model, data, loss, metrics, x=, y=, ...): the surface file (see its help)
+- data: tensors (x, y), a Dataset, a DataLoader or a list of (inputs, targets) batches;
+  large or streamed data is read once per block of grid points (landscape.stream)
+- losses: cross_entropy, softmax_mse, squared_error, or any callable (output, targets) ->
+  per-sample values; metrics: accuracy, or any such callable
+- directions: random(model, norm="filter", ignore="biasbn", generator=g), interpolation(m1, m2),
+  load(path); pass them as compute_surface(..., directions=[dx, dy])
+- Axis(min, max, num), read_surface(path), plot (contour, contourf, heatmap, surface3d, line1d)
+
 Modules, in data-flow order: models, data, checkpoint, directions, grid,
-evaluate, surface (with storage), plot.
+evaluate (and stream), surface (with storage), plot; api ties them for Python callers.
 """
 
 __version__ = "0.1.0"
 
 from landscape.errors import LandscapeError  # noqa: E402
+from landscape import directions, losses, metrics  # noqa: E402
+from landscape.api import compute_surface  # noqa: E402
+from landscape.grid import Axis  # noqa: E402
+from landscape.storage import Surface, read_surface  # noqa: E402
 
-__all__ = ["LandscapeError", "__version__"]
+__all__ = ["LandscapeError", "__version__", "compute_surface", "Axis", "Surface", "read_surface",
+           "directions", "losses", "metrics", "plot"]
+
+
+def __getattr__(name: str):
+    if name == "plot":  # matplotlib is imported on first use only
+        import importlib
+
+        return importlib.import_module("landscape.plot")
+    raise AttributeError(f"module 'landscape' has no attribute {name!r}")

@@ -216,3 +216,25 @@ def load_directions(path: str | os.PathLike) -> Directions:
                  for k, v in f.attrs.items()}
     names = json.loads(attrs.pop("names")) if "names" in attrs else []
     return Directions(x, y, names, attrs)
+
+
+# ---------------------------------------------------------------------------------------
+# The Python API's spelling: directions straight from models (`landscape.directions.random(model)`).
+
+
+def random(model: nn.Module, norm: str = "filter", ignore: str = "biasbn", dir_type: str = "weights",
+           generator: torch.Generator | None = None) -> Direction:
+    """A random direction for `model`'s parameters (`dir_type="weights"`) or state_dict (`"states"`),
+    filter-normalized by default; new CPU tensors. Pass a seeded `torch.Generator` to repeat it."""
+    return random_direction([w for _, w in target_tensors(model, dir_type)], norm, ignore, generator=generator)
+
+
+def interpolation(model1: nn.Module, model2: nn.Module, dir_type: str = "states") -> Direction:
+    """model2 - model1 per tensor: x=0 is model1, x=1 is model2 (the 1-D Goodfellow plot)."""
+    return interpolation_direction([w for _, w in target_tensors(model1, dir_type)],
+                                   [w for _, w in target_tensors(model2, dir_type)])
+
+
+def load(path: str | os.PathLike) -> Directions:
+    """A direction file written by landscape or by the reference code."""
+    return load_directions(path)

@@ -86,6 +86,27 @@ class Surface:
         """The metric with points that are not done masked out."""
         return np.ma.masked_array(self.metrics[name], mask=~self.done)
 
+    def plot_contour(self, metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
+        """`landscape.plot.contour` of this surface (2-D); `metric` defaults to the first loss stored,
+        the levels (vmin, vmax, vlevel) to 20 steps over its computed finite values."""
+        from landscape import plot  # matplotlib only when plotting
+
+        metric = metric or self._first_loss()
+        if "vmin" not in kwargs and "vmax" not in kwargs:
+            v = self.metrics[metric][self.done & np.isfinite(self.metrics[metric])]
+            if v.size and v.max() > v.min():
+                kwargs.update(vmin=float(v.min()), vmax=float(v.max()), vlevel=float(v.max() - v.min()) / 20)
+        return plot.contour(self, metric, ax=ax, **kwargs)
+
+    def plot_line(self, ax: Any = None, **kwargs: Any) -> Any:
+        """`landscape.plot.line1d` of this surface (1-D)."""
+        from landscape import plot
+
+        return plot.line1d(self, ax=ax, **kwargs)
+
+    def _first_loss(self) -> str:
+        return next((m for m in self.metrics if m.endswith("loss")), next(iter(self.metrics), "train_loss"))
+
 
 def write_surface(path: str | os.PathLike, surf: Surface) -> None:
     """Write the whole surface atomically: a temporary file in the same folder, fsync, rename.

@@ -27,6 +27,7 @@ from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.evaluate import LOSSES, PRECISIONS  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
+from landscape.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
@@ -37,6 +38,8 @@ EXAMPLE = """examples:
   python scripts/plot_surface.py --ckpt resnet56-4bfd9763.th --dataset cifar10 --data-root data/ \\
       --x=-1:1:51 --y=-1:1:51 --n-samples 1000      # akamaster's file: architecture and normalization known
   python scripts/plot_surface.py --ckpt a.pt --model_file2 b.pt --x=-0.5:1.5:41   # 1-D interpolation a -> b
+  python scripts/plot_surface.py --model-def my.py:make_model --model-kwargs '{"width": 2}' --ckpt my.pt \
+      --data-def my.py:make_data --loss-def my.py:loss --x=-1:1:21 --y=-1:1:21   # your own model, data, loss
   torchrun --nproc_per_node=4 scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51   # 4 ranks share the points
   python scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51 --shard 0/8   # job array task 0 of 8 (see scripts/slurm/)
 """
@@ -126,6 +129,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--cuda", action="store_true", help="same as --device cuda (reference code flag)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    u = p.add_argument_group("your own model, data and loss (landscape/plugins.py; README: Your own model, data and loss)")
+    u.add_argument("--model-def", default=None, metavar="FILE.py:FN",
+                   help="a function returning your torch.nn.Module (or package.module:FN); --ckpt, if given, is "
+                        "loaded into it, else the surface is around its initial weights (torch seed --seed)")
+    u.add_argument("--model-kwargs", default=None, metavar="JSON", help="""keyword arguments for it, e.g. '{"width": 2}'""")
+    u.add_argument("--data-def", default=None, metavar="FILE.py:FN",
+                   help="a function (taking the split name, or nothing) returning (x, y) tensors, a Dataset or "
+                        "a DataLoader (not shuffling) of (inputs, targets) batches")
+    u.add_argument("--loss-def", default=None, metavar="FILE.py:FN",
+                   help="a callable (output, targets) -> per-sample losses (N,) or (N, ...), or a batch mean")
+    u.add_argument("--metric-def", action="append", default=None, metavar="NAME=FILE.py:FN",
+                   help="a metric with the loss's signature, stored as <split>_NAME (repeatable)")
+    u.add_argument("--stream", action="store_true",
+                   help="read the data in batches once per block of --points-per-pass points instead of keeping it "
+                        "on the device (automatic above --memory-budget, and for a DataLoader)")
+    u.add_argument("--points-per-pass", type=int, default=8, metavar="K",
+                   help="grid points evaluated per pass over streamed data (default 8)")
+    u.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for streamed data (default 0)")
+    u.add_argument("--memory-budget", type=float, default=None, metavar="MB",
+                   help="data larger than this many MiB is streamed (default 1024)")
+
     e = p.add_argument_group("speed")
     e.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                    help="fp32 (exact, default); tf32 (CUDA); bf16 or fp16 autocast: faster, the error at the "
@@ -175,6 +199,17 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
     )
 
 
+def plugin_job(args: argparse.Namespace) -> PluginJob | None:
+    """The plug-in settings when any plug-in or streaming flag is given (they run through the Python API)."""
+    if not (args.model_def or args.data_def or args.loss_def or args.metric_def or args.stream
+            or args.memory_budget is not None):
+        return None
+    return PluginJob(model_def=args.model_def, model_kwargs=parse_kwargs(args.model_kwargs), data_def=args.data_def,
+                     loss_def=args.loss_def, metric_defs=tuple(args.metric_def) if args.metric_def else None,
+                     stream=True if args.stream else None, points_per_pass=args.points_per_pass,
+                     num_workers=args.num_workers, memory_budget_mb=args.memory_budget)
+
+
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -185,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         job = build_job(args)
-        result = run_job(job)
+        plugins = plugin_job(args)
+        result = run_job(job) if plugins is None else run_plugin_job(job, plugins)
     except PeerError:
         raise SystemExit(2) from None  # another rank failed; rank 0 says why
     except LandscapeError:

@@ -1,0 +1,278 @@
+"""The Python API: the loss surface of any `nn.Module` on any data with any loss, in one call.
+
+    import landscape as ll
+    surf = ll.compute_surface(model, (x, y), loss=ll.losses.cross_entropy,
+                              metrics={"acc": ll.metrics.accuracy},
+                              x=ll.Axis(-1, 1, 51), y=ll.Axis(-1, 1, 51), seed=0, out="runs/my.h5")
+    surf.plot_contour()
+
+The command line (`scripts/plot_surface.py --model-def ... --data-def ...`) is a thin layer
+over `compute_surface` here; both give the same file for the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+from landscape import surface as _surface
+from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
+                                  save_directions, target_tensors)
+from landscape.distributed import Shard
+from landscape.errors import LandscapeError
+from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn,
+                                check_metrics, cross_entropy, prepare_engine)
+from landscape.grid import Axis, Grid
+from landscape.storage import Surface
+from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch
+
+DEFAULT_MEMORY_BUDGET = 2**30  # bytes: data sets larger than this are streamed, not kept on the device
+
+Data = Any  # (x, y) tensors | Dataset | DataLoader | an iterable of (inputs, targets) batches
+
+
+@dataclass
+class PreparedData:
+    """Data ready for an evaluator: resident tensors (x, y) or a re-iterable source of batches."""
+
+    mode: str  # "resident" | "stream"
+    x: torch.Tensor | None = None
+    y: Any = None
+    batches: Iterable | None = None
+    description: str = ""
+    fingerprint: str | None = None  # sha256 of given tensors, for the resume check (a Dataset: its length only)
+
+
+def prepare_data(data: Data, device: torch.device, batch_size: int | None = None, stream: bool | None = None,
+                 memory_budget: int | None = None, num_workers: int = 0) -> PreparedData:
+    """Resident when `data` is tensors (or a map-style Dataset of tensors) within `memory_budget`
+    bytes and `stream` is not True; else streamed through a DataLoader (`num_workers` workers,
+    pinned memory on CUDA, prefetching) or, for a DataLoader or list of batches, as given.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    bs = batch_size or (DEFAULT_BATCH if device.type == "cpu" else DEFAULT_BATCH_CUDA)
+
+    def loader(ds: Dataset, workers: int) -> DataLoader:
+        return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if len(x) != len(y):
+            raise LandscapeError(f"data: x has {len(x)} samples but y has {len(y)}; pass tensors of equal length")
+        what = f"tensors {tuple(x.shape)} and {tuple(y.shape)}"
+        digest = _sha256(x, y)
+        if stream or (stream is None and x.nbytes + y.nbytes > budget):
+            return PreparedData("stream", batches=loader(TensorDataset(x, y), 0), description=what, fingerprint=digest)
+        return PreparedData("resident", x.to(device), y.to(device), description=what, fingerprint=digest)
+    if isinstance(data, DataLoader):
+        check_deterministic(data)
+        return PreparedData("stream", batches=data, description=f"DataLoader over {type(data.dataset).__name__}")
+    if isinstance(data, IterableDataset):
+        return PreparedData("stream", batches=loader(data, 0), description=f"IterableDataset {type(data).__name__}")
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        what = f"Dataset {type(data).__name__} of {len(data)} samples"
+        if len(data) == 0:
+            raise LandscapeError(f"data: {what} is empty")
+        if not stream and _fits(data, budget):
+            x, y = _collate_all(data, bs)
+            if x is not None:
+                return PreparedData("resident", x.to(device), y.to(device), description=what)
+        return PreparedData("stream", batches=loader(data, num_workers), description=what)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
+        check_deterministic(data)
+        return PreparedData("stream", batches=data, description=f"batches from a {type(data).__name__}")
+    raise LandscapeError(f"data must be a pair of tensors (x, y), a Dataset, a DataLoader or an iterable of "
+                         f"(inputs, targets) batches, got {type(data).__name__}")
+
+
+def _sha256(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fits(ds: Dataset, budget: int) -> bool:
+    """Whether len(ds) samples like the first one take at most `budget` bytes."""
+    first = ds[0]
+    tensors = [t for t in (first if isinstance(first, (tuple, list)) else [first]) if isinstance(t, torch.Tensor)]
+    return sum(t.nbytes for t in tensors) * len(ds) <= budget
+
+
+def _collate_all(ds: Dataset, batch_size: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The whole data set as two tensors (inputs, targets), or (None, None) when its batches are not tensor pairs."""
+    xs, ys = [], []
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        x, y = split_batch(batch)
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            return None, None
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _directions(model: nn.Module, directions: Any, ndim: int, seed: int, spec: DirectionSpec) -> Directions:
+    """Directions from the argument: None (random, seeded), a Directions, a file, or a list of direction lists."""
+    tensors = target_tensors(model, spec.dir_type)
+    if directions is None:
+        dirs = make_directions(tensors, spec, seed, ndim)
+    elif isinstance(directions, Directions):
+        dirs = directions
+    elif isinstance(directions, (str, os.PathLike)):
+        dirs = load_directions(directions)
+    elif isinstance(directions, (tuple, list)) and directions and all(isinstance(d, (tuple, list)) for d in directions):
+        if len(directions) != ndim:
+            raise LandscapeError(f"a {ndim}-D grid needs {ndim} directions, got {len(directions)}; "
+                                 f"pass {'x and y' if ndim == 2 else 'one'} direction(s), or y=None for 1-D")
+        dirs = Directions(list(directions[0]), list(directions[1]) if ndim == 2 else None, [n for n, _ in tensors],
+                          {"kind": "given", "dir_type": spec.dir_type})
+    else:
+        raise LandscapeError("directions must be None (random), a Directions, a direction file, or a list of "
+                             f"1 or 2 directions (lists of tensors), got {type(directions).__name__}")
+    if ndim == 2 and dirs.y is None:
+        raise LandscapeError("the directions have no y direction but the grid is 2-D; pass y=None for a 1-D surface")
+    dirs.check_against(tensors, where="the directions")
+    return dirs
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _weights_sha256(tensors: Sequence[tuple[str, torch.Tensor]]) -> str:
+    return _sha256(*[t for _, t in tensors]) if tensors else "empty"
+
+
+def compute_surface(
+    model: nn.Module,
+    data: Data,
+    loss: LossFn = cross_entropy,
+    metrics: Mapping[str, LossFn] | None = None,
+    *,
+    x: Axis = Axis(-1.0, 1.0, 51),
+    y: Axis | None = Axis(-1.0, 1.0, 51),
+    seed: int = 0,
+    directions: Directions | Sequence[Direction] | str | os.PathLike | None = None,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    dir_type: str = "weights",
+    out: str | os.PathLike | None = None,
+    split: str = "train",
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    fold_bn: bool = True,
+    compile: bool = False,
+    stream: bool | None = None,
+    points_per_pass: int = DEFAULT_POINTS_PER_PASS,
+    memory_budget: int | None = None,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_points: int | None = None,
+    shard: Shard | None = None,
+    flush_seconds: float = 5.0,
+    notes: list[str] | None = None,
+) -> Surface:
+    """The loss surface of `model` around its current weights on `data`; written to `out` (and resumed
+    from it: a rerun with the same settings computes only the points that are missing).
+
+    Args:
+        data: a pair of tensors (x, y), a Dataset, a DataLoader (not shuffling) or a re-iterable of
+            (inputs, targets) batches, stored under the prefix `split`; or a dict {split: data}
+            for several (e.g. {"train": ..., "test": ...}). See `prepare_data` for streaming.
+        loss, metrics: callables (model output, targets) -> per-sample values (N,) or (N, ...), or
+            a batch mean (see `landscape.losses`). The file holds `<split>_loss` and `<split>_<name>`.
+        x, y: the grid's axes; y=None for a 1-D surface.
+        directions: None draws filter-normalized random ones from `seed` (`norm`, `ignore`,
+            `dir_type`), as the command line does; else a Directions, a direction file, or a
+            list of direction lists (e.g. from `landscape.directions.random`).
+        out: the surface file; None keeps it in a temporary folder (the Surface is returned).
+            The directions go next to it, `<out stem>_dirs.h5`.
+        stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
+            batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
+            than `memory_budget` bytes or is a DataLoader/iterable).
+    Returns:
+        the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y).
+    """
+    if not isinstance(model, nn.Module):
+        raise LandscapeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss):
+        raise LandscapeError(f"loss must be a callable (output, targets) -> per-sample losses, got {type(loss).__name__}")
+    metrics = check_metrics(metrics or {})
+    grid = Grid(x, y)
+    spec = DirectionSpec(dir_type, norm, ignore)
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    tensors = target_tensors(model, dir_type)
+    dirs = _directions(model, directions, grid.ndim, seed, spec)
+    sources = dict(data) if isinstance(data, Mapping) else {split: data}  # split name -> data
+    prepared = {s: prepare_data(d, device, batch_size, stream, memory_budget, num_workers) for s, d in sources.items()}
+
+    engine = EngineOptions(precision, fold_bn, compile, batch_size)
+    eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
+                                              [dirs.x, dirs.y][:grid.ndim], engine)
+    if notes is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        notes += more  # whether BatchNorm was folded
+    measures: dict[str, Any] = {
+        s: (Evaluator(eval_model, p.x, p.y, loss, engine.batch_size, precision, metrics) if p.mode == "resident"
+            else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass))
+        for s, p in prepared.items()}
+
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="landscape-")
+        out = Path(tmp.name) / "surface.h5"
+    out = Path(out)
+    dir_file = out.with_name(f"{out.stem}_dirs.h5")
+    # the values depend on these; how they were computed (resident or streamed, K) does not count
+    settings = {
+        "model": type(model).__name__, "weights_sha256": _weights_sha256(tensors),
+        "data": {s: p.description for s, p in prepared.items()},
+        "data_sha256": {s: p.fingerprint for s, p in prepared.items()}, "loss": _name(loss), "metrics": list(metrics),
+        "directions_sha256": dirs.fingerprint(), "dir_type": dir_type, "x": x.spec(),
+        "y": y.spec() if y is not None else None, "precision": precision,
+    }
+    attrs = {"model": type(model).__name__, "loss_name": _name(loss), "splits": ",".join(prepared),
+             "evaluation": {s: p.mode for s, p in prepared.items()}, "directions": dirs.attrs, "device": str(device),
+             "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1
+                                    for m in measures.values())}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _keep_directions(dir_file, dirs, overwrite or not out.exists())
+        surf = _surface.compute_surface(setter, measures, grid, out, settings, attrs, str(dir_file),
+                                        overwrite=overwrite, flush_seconds=flush_seconds, max_points=max_points,
+                                        progress=progress, shard=shard, notes=notes)
+    finally:
+        model.train(was_training)
+        if tmp is not None:
+            tmp.cleanup()
+    if tmp is not None:
+        surf.dir_file = None  # the temporary folder is gone
+    return surf
+
+
+def _keep_directions(path: Path, dirs: Directions, replace: bool) -> None:
+    """Write the directions to `path` unless it holds them already; another direction file there is
+    replaced only with `replace` (otherwise the surface's settings check reports the mismatch)."""
+    if path.exists():
+        try:
+            if load_directions(path).fingerprint() == dirs.fingerprint():
+                return
+        except LandscapeError:
+            pass
+        if not replace:
+            return
+    save_directions(path, dirs)
