@@ -83,6 +83,13 @@ def _label_xy(ax: Axes) -> None:
     ax.set_ylabel("y (direction 2)")
 
 
+def _band(surf: Surface, metric: str, values: np.ma.MaskedArray) -> tuple[np.ndarray, np.ndarray]:
+    """values -+ 2 standard errors (`<metric>_se`), NaN where not done."""
+    se = np.where(surf.done, surf.metrics[f"{metric}_se"], np.nan)
+    v = np.ma.filled(values.astype(np.float64), np.nan)
+    return v - 2 * se, v + 2 * se
+
+
 # ---------------------------------------------------------------------------- 2-D
 
 
@@ -210,6 +217,11 @@ def line1d(
         y = np.ma.masked_array(np.nan_to_num(y.data, nan=top, posinf=top, neginf=low), mask=y.mask)
         split = m.split("_")[0]
         (ax.semilogy if log else ax.plot)(surf.x, y, "b" + style[split], lw=1, label=f"{split} loss")
+        if f"{m}_se" in surf.metrics:  # sampled: a band of +-2 standard errors
+            lo, hi = _band(surf, m, y)
+            if log:
+                lo = np.maximum(lo, low if low > 0 else np.nan)
+            ax.fill_between(surf.x, lo, hi, color="b", alpha=0.2, lw=0, label=f"{split} loss ±2 SE")
         bad = surf.done & ~np.isfinite(surf.metrics[m])  # diverged points: drawn at the top, marked
         if bad.any():
             ax.plot(surf.x[bad], np.full(int(bad.sum()), top), "kx", ms=5, label=f"{split} loss not finite")
@@ -227,6 +239,10 @@ def line1d(
             a = _values(surf, m, 0.0, 1.0)  # (nx,); a NaN accuracy is not expected, drawn as the top
             split = m.split("_")[0]
             ax_acc.plot(surf.x, 100.0 * a, "r" + style[split], lw=1, label=f"{split} accuracy")
+            if f"{m}_se" in surf.metrics:
+                lo, hi = _band(surf, m, a)
+                ax_acc.fill_between(surf.x, 100.0 * np.clip(lo, 0, 1), 100.0 * np.clip(hi, 0, 1), color="r",
+                                    alpha=0.15, lw=0)
         ax_acc.set_ylabel("accuracy (%)", color="r")
         ax_acc.tick_params(axis="y", labelcolor="r")
         ax_acc.set_ylim(acc_min if acc_min is not None else 0.0, 100.0)
@@ -235,6 +251,51 @@ def line1d(
     handles = [h for a in (ax, ax_acc) if a is not None for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, loc="best", fontsize=8)
     return ax, ax_acc
+
+
+# ---------------------------------------------------------------------------- error bars (sampled surfaces)
+
+
+def sampling_summary(surf: Surface, metric: str = "train_loss") -> str:
+    """One line for a title: the tolerance and the forwards used against a full evaluation."""
+    from landscape.adaptive import forwards_used  # no model code: counts from the surface only
+
+    split = metric.split("_")[0]
+    used, full = forwards_used(surf, split)
+    plan = (surf.settings or {}).get("sampling") or {}
+    tol = plan.get("tolerance")
+    head = (f"{plan.get('z', 2):g} SE ≤ {tol:g} below vmax" if tol is not None
+            else f"fixed subset of {used // max(1, int(surf.done.sum())):,}")
+    return f"{head}; {used:,} forwards vs {full:,} full ({full / max(used, 1):.0f}× fewer)"
+
+
+def error_panels(
+    surf: Surface,
+    metric: str = "train_loss",
+    vmin: float = 0.1,
+    vmax: float = 10.0,
+    vlevel: float = 0.5,
+    fig: Figure | None = None,
+) -> Figure:
+    """A sampled surface: its contour plot (left) beside a heat map of 2 SE (right), titled with
+    the tolerance and the forwards used versus a full evaluation."""
+    se_name = f"{metric}_se"
+    if se_name not in surf.metrics:
+        raise LandscapeError(f"{metric!r} has no standard errors ({se_name}); compute the surface with "
+                             "--tolerance or --n-samples")
+    fig = fig if fig is not None else Figure(figsize=(11, 4.6), layout="constrained")
+    if fig.get_size_inches()[0] < 9:
+        fig.set_size_inches(11, 4.6)
+    contour(surf, metric, vmin, vmax, vlevel, ax=fig.add_subplot(1, 2, 1))
+    ax = fig.add_subplot(1, 2, 2)
+    two_se = np.ma.masked_array(2 * np.nan_to_num(surf.metrics[se_name], nan=0.0), mask=~surf.done)  # (ny, nx)
+    shown = np.ma.masked_where(np.ma.filled(_values(surf, metric, vmin, vmax), vmax) >= vmax, two_se)
+    mesh = ax.pcolormesh(surf.x, surf.y, shown, shading="nearest", cmap=CMAP)
+    fig.colorbar(mesh, ax=ax, label="2 SE")
+    _label_xy(ax)
+    ax.set_title(f"2 SE of {_title(metric)} (where below vmax={vmax:g})")
+    fig.suptitle(sampling_summary(surf, metric), fontsize=10)
+    return fig
 
 
 # ---------------------------------------------------------------------------- comparisons
@@ -325,7 +386,7 @@ def surface_figures(
     """The standard figures, keyed by file-name suffix; `new_figure` makes each (pass `pyplot.figure` to show).
 
     2-D: `<metric>_2dcontour`, `_2dcontourf`, `_2dheat`, `_3dsurface` (z clipped at `zlim`,
-    default vmax). 1-D: `1d`, and `1d_log` when `log`; `loss_max`, `acc_min` and `xlim` apply
+    default vmax), and `_2derror` (contour beside 2 SE) for a sampled surface. 1-D: `1d`, and `1d_log` when `log`; `loss_max`, `acc_min` and `xlim` apply
     to 1-D only.
     """
     figs: dict[str, Figure] = {}
@@ -342,6 +403,8 @@ def surface_figures(
         fig = new_figure()
         surface3d(surf, metric, zlim=vmax if zlim is None else zlim, ax=fig.add_subplot(projection="3d"))
         figs[f"{metric}_3dsurface"] = fig
+        if f"{metric}_se" in surf.metrics:  # sampled: contour beside its error bars
+            figs[f"{metric}_2derror"] = error_panels(surf, metric, vmin, vmax, vlevel, fig=new_figure())
     else:
         for name, is_log in (("1d", False), ("1d_log", True)):
             if is_log and not log:

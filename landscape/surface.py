@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import signal
 import tempfile
@@ -22,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
+from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
@@ -374,6 +376,8 @@ class SurfaceJob:
     threads: int | None = None  # torch CPU threads; None: torch's default
     shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
     flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
+    # error bars and adaptive sampling (landscape.adaptive): None = exact means over the whole set
+    sampling: SamplingPlan | None = None
 
 
 @dataclass
@@ -504,7 +508,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         # channels_last before the direction tensors are taken: .to() replaces parameter storage.
         model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
 
-        splits = {}
+        splits, populations = {}, {}
         for split in job.splits:
             data = load_dataset(dataset, split, job.data_root, job.n_samples, job.seed)
             if data.note is not None:
@@ -518,9 +522,15 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             y = data.y.to(device)
+            if job.sampling is not None and job.sampling.tolerance is not None and len(y):
+                order = sample_order(len(y), job.sampling.seed).to(device)  # the common random order
+                x, y = x[order], y[order]
             if len(y):
                 _check_fits(model, x, y, f"{dataset} {split}")
             splits[split] = (x, y)
+            # the set a fixed subset's SE refers to: known only when the subset is the whole split
+            populations[split] = (len(y) if job.sampling is None or job.sampling.tolerance is not None
+                                  or job.n_samples is None or job.n_samples > len(y) else math.inf)
         tensors = target_tensors(model, dir_type)
     except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
         error = e
@@ -555,9 +565,12 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         if engine.precision != "fp32":
             # the error of the reduced precision at the center, against exact fp32 on the original model
             first = next(iter(splits))
-            exact = Evaluator(model, *splits[first], loss_fn, engine.batch_size)()[0]
+            probe = splits[first]
+            if job.sampling is not None and job.sampling.tolerance is not None:
+                probe = tuple(t[:4096] for t in probe)  # a random subset: the set is in the common random order
+            exact = Evaluator(model, *probe, loss_fn, engine.batch_size)()[0]
             setter.set([0.0] * len(setter.dirs))
-            low = evaluators[first]()[0]
+            low = Evaluator(eval_model, *probe, loss_fn, engine.batch_size, engine.precision)()[0]
             setter.restore()
             engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
             notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
@@ -586,6 +599,13 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
     }
     if bn_samples is not None:  # only when on, so files made before the option still resume
         settings["bn_recompute"] = {"samples": bn_samples}
+    measures = evaluators
+    if job.sampling is not None:  # error bars (a fixed subset) or adaptive sampling: landscape.adaptive
+        settings["sampling"] = job.sampling.settings()
+        for ev in evaluators.values():
+            if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk
+                ev.batch_size = min(ev.batch_size, job.sampling.n0)
+        measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
     attrs = {
         "model": arch, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt.sha256, "dataset": dataset,
         "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},
@@ -593,7 +613,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         "device": str(device), "batch_size": next(iter(evaluators.values())).batch_size, "engine": engine_attrs,
         "ranks": group.world_size,
     }
-    surf = compute_surface(setter, evaluators, grid, surf_file, settings, attrs, str(dir_file),
+    surf = compute_surface(setter, measures, grid, surf_file, settings, attrs, str(dir_file),
                            overwrite=job.overwrite, flush_seconds=job.flush_seconds, max_points=job.max_points,
                            progress=job.progress, shard=job.shard, group=group, notes=notes)
     return JobResult(surf, surf_file, dir_file, arch, notes)

@@ -28,6 +28,7 @@ from landscape.evaluate import LOSSES, PRECISIONS  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
 from landscape.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
+from landscape.adaptive import SamplingPlan  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
@@ -167,7 +168,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--vlevel", type=float, default=0.5)
     f.add_argument("--zlim", type=float, default=None)
     f.add_argument("--log", action="store_true", help="log-scale loss in 1-D plots")
+
+    a = p.add_argument_group("error bars and adaptive sampling (landscape/adaptive.py)")
+    a.add_argument("--tolerance", nargs="?", const="auto", default=None, metavar="T",
+                   help="adaptive sampling: each point adds samples (one seeded order shared by all points) until "
+                        "z*SE <= T, or its loss is above --vmax with confidence, or the set is used up; "
+                        "--tolerance alone: T = vlevel/4. Stores <split>_loss_se, _acc_se, _n beside the values. "
+                        "(--n-samples alone: a fixed subset, with the same error bars)")
+    a.add_argument("--n0", type=int, default=256, help="samples of a point's first chunk (default 256)")
+    a.add_argument("--z", type=float, default=2.0, help="the bound is z standard errors (default 2)")
+    a.add_argument("--n-low", type=int, default=2048,
+                   help="points whose mean loss is below --low-loss use at least this many samples: their "
+                        "per-sample losses are too skewed for the normal SE at small n (default 2048)")
+    a.add_argument("--low-loss", type=float, default=0.1, help="see --n-low (default 0.1)")
     return p.parse_args(argv)
+
+
+def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
+    """The error-bar / adaptive-sampling settings the flags ask for (None: exact means)."""
+    if args.tolerance is None and args.n_samples is None:
+        return None
+    tol = None
+    if args.tolerance == "auto":
+        tol = args.vlevel / 4
+    elif args.tolerance is not None:
+        try:
+            tol = float(args.tolerance)
+        except ValueError:
+            raise LandscapeError(f"--tolerance must be a number (or given alone for vlevel/4), "
+                                 f"got {args.tolerance!r}") from None
+    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax if tol is not None else None,
+                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed)
 
 
 def build_job(args: argparse.Namespace) -> SurfaceJob:
@@ -196,6 +227,7 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
         bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
         shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
+        sampling=sampling_plan(args),
     )
 
 

@@ -1,0 +1,218 @@
+"""Adaptive sampling: each surface point evaluated on only as many samples as the figure needs.
+
+A point's loss is a mean over the data set; a random subset of n samples estimates it with
+standard error s / sqrt(n) * sqrt(1 - n/N) (s: the subset's standard deviation, N: the set's
+size; the last factor is the finite-population correction, so a point that uses every sample
+has SE 0 and equals the exact evaluation). The set is permuted once with a seeded generator
+and every point reads the same order (common random numbers: neighbouring points see the same
+images, so the surface stays smooth); a point grows its prefix [0, n) until
+
+- its bound z * SE is at most the tolerance T, or
+- it is confidently above the highest contour drawn (mean - z * SE > vmax), or
+- the set is exhausted.
+
+Where the mean loss is small the per-sample losses are very skewed (a few misclassified
+images carry the mean) and the normal SE is too small; there a point keeps going to at least
+`n_low` samples (`SamplingPlan.low_loss`; the numbers behind the defaults are in BENCHMARKS.md).
+
+Nothing here knows about files. `SampledMeasure` is a measure for `surface.compute_surface`:
+it returns (loss, loss_se, acc, acc_se, n), stored as `train_loss`, `train_loss_se`, ....
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from landscape.errors import LandscapeError
+
+SumsFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> (n_metrics, 2) float64 (sum, sum of squares)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """When a point stops adding samples. `tolerance=None`: a fixed sample (all of the set), SE reported."""
+
+    tolerance: float | None = None  # absolute bound on |estimate - full-set mean| (z * SE)
+    n0: int = 256  # samples of the first chunk
+    z: float = 2.0  # bound = z * SE
+    vmax: float | None = None  # stop once mean - z * SE > vmax (above the highest contour drawn)
+    low_loss: float = 0.1  # below this mean loss, the normal SE is not trusted before n_low samples
+    n_low: int = 2048
+    max_growth: float = 4.0  # a step at most multiplies n by this
+    seed: int = 0  # of the common sample order
+
+    def __post_init__(self) -> None:
+        if self.tolerance is not None and not self.tolerance >= 0:
+            raise LandscapeError(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.n0 < 1:
+            raise LandscapeError(f"--n0 must be >= 1, got {self.n0}")
+        if not self.z > 0:
+            raise LandscapeError(f"z must be > 0, got {self.z}")
+        if self.n_low < 1:
+            raise LandscapeError(f"--n-low must be >= 1, got {self.n_low}")
+        if not self.max_growth > 1:
+            raise LandscapeError(f"max_growth must be > 1, got {self.max_growth}")
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+
+def mean_se(total: torch.Tensor | list, n: int, population: int | None) -> tuple[float, float]:
+    """(mean, standard error of the mean) from (sum, sum of squares) of n samples out of `population`.
+
+    SE = s / sqrt(n) * sqrt(1 - n / population) with s the sample standard deviation (divisor
+    n - 1); for 0/1 values that is the binomial sqrt(p (1 - p) / (n - 1) * (1 - n / N)).
+    `population=None`: an infinite population (no correction). One sample: SE is NaN.
+    """
+    s, q = (float(v) for v in total)
+    mean = s / n
+    if population is not None and n >= population:
+        return mean, 0.0
+    if n < 2:
+        return mean, math.nan
+    var = max(0.0, (q - s * mean) / (n - 1))  # sample variance
+    fpc = 1.0 - n / population if population is not None else 1.0
+    return mean, math.sqrt(var / n * fpc)
+
+
+@dataclass
+class Estimate:
+    """One point's result: per metric (the loss first) its mean and SE; `steps` holds
+    (n, mean loss, loss SE) after every chunk."""
+
+    means: list[float]
+    ses: list[float]
+    n: int
+    steps: list[tuple[int, float, float]] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return self.means[0]
+
+    @property
+    def loss_se(self) -> float:
+        return self.ses[0]
+
+
+def estimate(sums: SumsFn, size: int, batch: int, plan: SamplingPlan, population: int | None = None) -> Estimate:
+    """Grow the prefix [0, n) of a set of `size` samples until `plan` says stop.
+
+    `sums(start, stop)` gives, per metric (the loss first, then e.g. accuracy: hits, hits), the sum
+    and the sum of squares over [start, stop) of the set in its (already permuted) order. It is called once per batch of `batch` samples whose
+    bounds are multiples of `batch` (n grows in whole batches), and the batch sums are added in
+    order into one float64 total: with the whole set used, the loss is bit for bit what one
+    `Evaluator.sums(0, size)` pass with that batch size gives. `population` (default `size`)
+    is the finite-population size for the SE.
+    """
+    if size < 1:
+        raise LandscapeError("the evaluation set is empty; check --n-samples and the data set")
+    if batch < 1:
+        raise LandscapeError(f"--batch-size must be >= 1, got {batch}")
+    population = size if population is None else population
+    total = None
+    pos = 0
+    n = size if plan.tolerance is None else min(size, _round_up(plan.n0, batch))
+    steps = []
+    while True:
+        for i in range(pos, n, batch):
+            s = sums(i, min(i + batch, n))
+            total = s if total is None else total + s
+        pos = n
+        t = total.tolist()  # the one host sync of this step
+        loss, loss_se = mean_se(t[0], n, population)
+        steps.append((n, loss, loss_se))
+        if n >= size or plan.tolerance is None:
+            break
+        bound = plan.z * loss_se
+        if loss < plan.low_loss and n < plan.n_low:
+            want = plan.n_low  # the normal SE is too small for skewed low losses: take more first
+        elif bound <= plan.tolerance:
+            break
+        elif plan.vmax is not None and loss - bound > plan.vmax:
+            break  # above the highest contour with confidence: more precision changes nothing drawn
+        else:
+            want = _needed(n, loss_se, plan, population)
+        n = min(size, _round_up(max(want, n + 1), batch))
+    stats = [mean_se(row, n, population) for row in t]
+    return Estimate([m for m, _ in stats], [e for _, e in stats], n, steps)
+
+
+def _needed(n: int, se: float, plan: SamplingPlan, population: int) -> float:
+    """Samples for z * SE <= tolerance if the spread stays as measured (+10 %), at most max_growth * n."""
+    if not math.isfinite(se):
+        return plan.max_growth * n
+    bound = plan.z * se
+    # SE^2 ~ a (1/n - 1/N); solve for n at the target, a from the current n
+    a = se * se / max(1.0 / n - 1.0 / population, 1e-300)
+    target = plan.tolerance / plan.z
+    need = population if target <= 0 else 1.0 / (target * target / a + 1.0 / population)
+    if bound > 0:
+        need *= 1.1
+    return min(need, plan.max_growth * n)
+
+
+def _round_up(n: float, batch: int) -> int:
+    return int(math.ceil(n / batch)) * batch
+
+
+def sample_order(size: int, seed: int) -> torch.Tensor:
+    """The common random order of a set's samples (the same for every point)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+
+
+class SampledMeasure:
+    """A measure for `compute_surface`: an evaluator's means (loss, acc, ...) with standard errors.
+
+    `metric_names` are the evaluator's, each followed by `<name>_se`, then `n` (samples used):
+    ("loss", "loss_se", "acc", "acc_se", "n"). The evaluator's set must already be in the common
+    random order (`sample_order`); with a plan whose tolerance is None every point uses the whole
+    set (a fixed subset with error bars). `population`: the size of the set the subset was drawn
+    from, for the finite-population correction (None: the evaluator's set itself).
+    """
+
+    def __init__(self, evaluator, plan: SamplingPlan, population: int | None = None):
+        if evaluator.metric_names[0] != "loss":
+            raise ValueError(f"the evaluator's first metric must be the loss, got {evaluator.metric_names}")
+        self.evaluator = evaluator
+        self.plan = plan
+        self.population = population
+        self.metric_names = tuple(x for m in evaluator.metric_names for x in (m, f"{m}_se")) + ("n",)
+        self.forwards = 0  # samples evaluated over all points of this process
+        self.last: Estimate | None = None
+
+    def __len__(self) -> int:
+        return len(self.evaluator)
+
+    def __call__(self) -> tuple[float, ...]:
+        est = estimate(self.evaluator.sums, len(self.evaluator), self.evaluator.batch_size, self.plan,
+                       self.population)
+        self.forwards += est.n
+        self.last = est
+        return tuple(x for m, e in zip(est.means, est.ses) for x in (m, e)) + (float(est.n),)
+
+
+def forwards_used(surf, prefix: str = "train") -> tuple[int, int]:
+    """(samples evaluated over the done points, samples a full evaluation of those points takes).
+
+    The full count is the done points times the set size stored in the surface's `n_samples`
+    attribute (or, without it, the largest `n` seen).
+    """
+    import json
+
+    import numpy as np
+
+    key = f"{prefix}_n"
+    if key not in surf.metrics:
+        raise LandscapeError(f"the surface has no {key}: it was not computed with --tolerance or --n-samples")
+    done = surf.done
+    used = int(np.nansum(surf.metrics[key][done]))
+    sizes = surf.attrs.get("n_samples")
+    if isinstance(sizes, str):
+        sizes = json.loads(sizes)
+    size = (sizes or {}).get(prefix) if isinstance(sizes, dict) else None
+    size = int(size) if size is not None else int(np.nanmax(surf.metrics[key][done]))
+    return used, int(done.sum()) * size

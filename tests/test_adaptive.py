@@ -1,0 +1,182 @@
+"""Adaptive sampling with error bars: closed-form SEs, the stopping rule, exactness at T=0,
+common random numbers, and resume through the CLI job."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from landscape.adaptive import SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, sample_order
+from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.errors import LandscapeError
+from landscape.evaluate import Evaluator, PointSetter
+from landscape.grid import Axis
+from landscape.storage import read_surface
+from landscape.surface import SurfaceJob, run_job
+
+
+class Shift(nn.Module):
+    """output = x + b: with the loss `output[:, 0]` the per-sample losses are known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, x):
+        return x + self.b
+
+
+def first_column(output, target):
+    return output[:, 0]
+
+
+def known_set(n=1000, seed=0, scale=1.0):
+    """Per-sample losses v (exponential: skewed), labels y; x[:, 0] = v, x[:, 1] = 0."""
+    g = torch.Generator().manual_seed(seed)
+    v = scale * torch.empty(n, dtype=torch.float64).exponential_(generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.stack([v, torch.zeros_like(v)], dim=1)  # (n, 2); argmax = 0 wherever v > 0
+    return x, y, v
+
+
+def shifted(x, y, order, batch):
+    model = Shift()
+    ev = Evaluator(model, x[order], y[order], loss_fn=first_column, batch_size=batch)
+    setter = PointSetter([model.b], [[torch.tensor([1.0, 0.0], dtype=torch.float64)]])
+    return ev, setter
+
+
+def test_fixed_sample_se_is_the_closed_form() -> None:
+    x, y, v = known_set(500)
+    ev, _ = shifted(x, y, torch.arange(500), batch=64)
+    loss, loss_se, acc, acc_se, n = SampledMeasure(ev, SamplingPlan(), population=math.inf)()
+    vv, p = v.numpy(), float((y == 0).double().mean())
+    assert n == 500
+    assert loss == pytest.approx(vv.mean(), rel=1e-12)
+    assert loss_se == pytest.approx(vv.std(ddof=1) / math.sqrt(500), rel=1e-10)
+    assert acc == pytest.approx(p, rel=1e-12)
+    assert acc_se == pytest.approx(math.sqrt(p * (1 - p) / 499), rel=1e-10)  # binomial
+    # drawn from a set of 2000: the finite-population correction; the whole set: SE 0
+    _, se_fpc, _, _, _ = SampledMeasure(ev, SamplingPlan(), population=2000)()
+    assert se_fpc == pytest.approx(vv.std(ddof=1) / math.sqrt(500) * math.sqrt(1 - 500 / 2000), rel=1e-10)
+    assert SampledMeasure(ev, SamplingPlan())()[1] == 0.0
+
+
+def test_adaptive_loop_stops_at_the_tolerance_with_the_prefix_statistics() -> None:
+    x, y, v = known_set(4000, scale=2.0)
+    order = sample_order(4000, seed=3)
+    ev, _ = shifted(x, y, order, batch=32)
+    plan = SamplingPlan(tolerance=0.15, n0=64, low_loss=0.0, seed=3)
+    est = estimate(ev.sums, len(ev), ev.batch_size, plan)
+    assert est.n < 4000 and est.n % 32 == 0
+    assert plan.z * est.loss_se <= plan.tolerance
+    assert all(plan.z * se > plan.tolerance for _, _, se in est.steps[:-1])  # no earlier stop was possible
+    prefix = v[order][:est.n].numpy()
+    assert est.loss == pytest.approx(prefix.mean(), rel=1e-12)
+    assert est.loss_se == pytest.approx(prefix.std(ddof=1) / math.sqrt(est.n) * math.sqrt(1 - est.n / 4000), rel=1e-9)
+
+
+def test_points_above_vmax_and_low_loss_points() -> None:
+    x, y, _ = known_set(3000)
+    ev, setter = shifted(x, y, sample_order(3000, 0), batch=32)
+    plan = SamplingPlan(tolerance=0.01, n0=64, vmax=10.0, low_loss=0.5, n_low=1024)
+    setter.set([50.0])  # mean ~51, SE ~0.13: confidently above vmax at once
+    assert estimate(ev.sums, len(ev), 32, plan).n == 64
+    setter.set([-0.9])  # mean ~0.1 < low_loss: at least n_low samples whatever the SE
+    assert estimate(ev.sums, len(ev), 32, SamplingPlan(tolerance=10.0, n0=64, low_loss=0.5, n_low=1024)).n == 1024
+
+
+def test_common_random_numbers_neighbouring_points_read_the_same_samples() -> None:
+    x, y, _ = known_set(3000)
+    ev, setter = shifted(x, y, sample_order(3000, 7), batch=32)
+    plan = SamplingPlan(tolerance=0.08, n0=64, low_loss=0.0)
+    ests = []
+    for c in (0.0, 0.25):
+        setter.set([c])
+        ests.append(estimate(ev.sums, len(ev), 32, plan))
+    a, b = ests
+    # the per-sample losses differ by the constant 0.25: same samples => same SE, same n, mean + 0.25
+    assert [s[0] for s in a.steps] == [s[0] for s in b.steps]
+    assert b.loss - a.loss == pytest.approx(0.25, abs=1e-12)
+    assert b.loss_se == pytest.approx(a.loss_se, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def digits300():
+    d = load_dataset("digits", "train", n_samples=300, seed=0)
+    return DEFAULT_NORMALIZATION["digits"].apply(d.x), d.y
+
+
+def test_tolerance_zero_equals_the_exact_evaluation_bit_for_bit(digits_ckpt, digits300) -> None:
+    from landscape.checkpoint import build_model, load_checkpoint
+
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    x, y = digits300
+    order = sample_order(len(y), 0)
+    x, y = x[order], y[order]
+    ev = Evaluator(model, x, y, batch_size=32)
+    sampled = SampledMeasure(ev, SamplingPlan(tolerance=0.0, n0=32, low_loss=0.0))()
+    exact = Evaluator(model, x, y, batch_size=32)()
+    assert sampled[4] == 300 and sampled[1] == 0.0
+    assert (sampled[0], sampled[2]) == exact  # bit for bit
+
+
+def job(ckpt, out, **kw) -> SurfaceJob:
+    kw.setdefault("sampling", SamplingPlan(tolerance=0.5, n0=32, vmax=10.0))
+    return SurfaceJob(ckpt=str(ckpt), n_samples=128, device="cpu", x=Axis(-1, 1, 3), y=Axis(-1, 1, 3),
+                      out=str(out), progress=False, **kw)
+
+
+def test_adaptive_job_resumes_bit_for_bit_and_checks_its_settings(digits_ckpt, tmp_path) -> None:
+    whole = run_job(job(digits_ckpt, tmp_path / "a")).surface
+    assert {"train_loss_se", "train_acc_se", "train_n"} <= set(whole.metrics) and whole.done.all()
+    assert whole.settings["sampling"]["tolerance"] == 0.5
+    run_job(job(digits_ckpt, tmp_path / "b", max_points=4))
+    resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
+    for m in whole.metrics:
+        np.testing.assert_array_equal(resumed.metrics[m], whole.metrics[m], err_msg=m)
+    used, full = forwards_used(whole)
+    assert used == whole.metrics["train_n"].sum() and full == 9 * 128
+    with pytest.raises(LandscapeError, match="other settings"):
+        run_job(job(digits_ckpt, tmp_path / "b", sampling=SamplingPlan(tolerance=0.25, n0=32, vmax=10.0)))
+
+
+def test_cli_tolerance_defaults_to_a_quarter_of_vlevel(plot_surface) -> None:
+    plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "--vlevel", "0.4"])).sampling
+    assert plan.tolerance == pytest.approx(0.1) and plan.vmax == 10.0
+    plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "0.2", "--n0", "64"])).sampling
+    assert (plan.tolerance, plan.n0) == (0.2, 64)
+    fixed = plot_surface.build_job(plot_surface.parse_args(["--n-samples", "100"])).sampling
+    assert fixed.tolerance is None
+    assert plot_surface.build_job(plot_surface.parse_args([])).sampling is None
+    with pytest.raises(LandscapeError, match="--tolerance"):
+        plot_surface.build_job(plot_surface.parse_args(["--tolerance=abc"]))
+
+
+def test_mean_se_edge_cases() -> None:
+    assert mean_se([3.0, 9.0], 1, None)[1] != mean_se([3.0, 9.0], 1, None)[1]  # one sample: NaN
+    assert mean_se([6.0, 20.0], 2, 2) == (3.0, 0.0)  # the whole population: exact
+    with pytest.raises(LandscapeError, match="--tolerance"):
+        SamplingPlan(tolerance=-1.0)
+
+
+def test_sampled_surface_figures(tmp_path) -> None:
+    from landscape.plot import plot_surface_figures
+    from landscape.storage import Surface
+
+    surf = Surface(x=np.linspace(-1, 1, 5), y=np.linspace(-1, 1, 4))
+    X, Y = np.meshgrid(surf.x, surf.y)
+    surf.metrics.update(train_loss=1 + 4 * (X**2 + Y**2), train_loss_se=0.05 + 0 * X, train_n=256 + 0 * X)
+    surf.done[:] = True
+    surf.attrs.update(n_samples=json.dumps({"train": 1000}),
+                      settings=json.dumps({"sampling": {"tolerance": 0.125, "z": 2.0}}))
+    paths = plot_surface_figures(surf, tmp_path / "s", vmin=0.5, vmax=5, vlevel=0.5)
+    assert (tmp_path / "s_train_loss_2derror.png").exists() and len(paths) == 10
+    line = Surface(x=np.linspace(-1, 1, 7), y=None)
+    line.metrics.update(train_loss=np.linspace(1, 2, 7), train_loss_se=np.full(7, 0.1),
+                        train_acc=np.full(7, 0.5), train_acc_se=np.full(7, 0.01), train_n=np.full(7, 64.0))
+    line.done[:] = True
+    assert len(plot_surface_figures(line, tmp_path / "l", log=True)) == 4
