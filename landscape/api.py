@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from landscape import surface as _surface
 from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
                                   save_directions, target_tensors)
-from landscape.distributed import Shard
+from landscape.distributed import Group, Shard
 from landscape.errors import LandscapeError
 from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn,
                                 check_metrics, cross_entropy, prepare_engine)
@@ -183,7 +183,8 @@ def compute_surface(
     shard: Shard | None = None,
     flush_seconds: float = 5.0,
     notes: list[str] | None = None,
-) -> Surface:
+    group: Group | None = None,
+) -> Surface | None:
     """The loss surface of `model` around its current weights on `data`; written to `out` (and resumed
     from it: a rerun with the same settings computes only the points that are missing).
 
@@ -202,8 +203,10 @@ def compute_surface(
         stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
             batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
             than `memory_budget` bytes or is a DataLoader/iterable).
+        group: the ranks of a torchrun/srun job (`landscape.distributed`): they share the points,
+            rank 0 alone writes; the values are the same bit for bit as with one process.
     Returns:
-        the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y).
+        the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y); None on ranks other than 0.
     """
     if not isinstance(model, nn.Module):
         raise LandscapeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -221,10 +224,11 @@ def compute_surface(
     sources = dict(data) if isinstance(data, Mapping) else {split: data}  # split name -> data
     prepared = {s: prepare_data(d, device, batch_size, stream, memory_budget, num_workers) for s, d in sources.items()}
 
-    engine = EngineOptions(precision, fold_bn, compile, batch_size)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    engine = EngineOptions(precision, fold_bn and has_bn, compile, batch_size)  # nothing to fold without BN
     eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
                                               [dirs.x, dirs.y][:grid.ndim], engine)
-    if notes is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if notes is not None and has_bn:
         notes += more  # whether BatchNorm was folded
     measures: dict[str, Any] = {
         s: (Evaluator(eval_model, p.x, p.y, loss, engine.batch_size, precision, metrics) if p.mode == "resident"
@@ -236,7 +240,7 @@ def compute_surface(
         tmp = tempfile.TemporaryDirectory(prefix="landscape-")
         out = Path(tmp.name) / "surface.h5"
     out = Path(out)
-    dir_file = out.with_name(f"{out.stem}_dirs.h5")
+    dir_file = directions_path(out)
     # the values depend on these; how they were computed (resident or streamed, K) does not count
     settings = {
         "model": type(model).__name__, "weights_sha256": _weights_sha256(tensors),
@@ -249,19 +253,32 @@ def compute_surface(
              "evaluation": {s: p.mode for s, p in prepared.items()}, "directions": dirs.attrs, "device": str(device),
              "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1
                                     for m in measures.values())}
+    group = group or Group()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _keep_directions(dir_file, dirs, overwrite or not out.exists())
+        error = None
+        if group.is_main:  # every rank has the same directions (one seed); rank 0 alone writes files
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _keep_directions(dir_file, dirs, overwrite or not out.exists())
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                error = e
+        group.agree(error)
         surf = _surface.compute_surface(setter, measures, grid, out, settings, attrs, str(dir_file),
                                         overwrite=overwrite, flush_seconds=flush_seconds, max_points=max_points,
-                                        progress=progress, shard=shard, notes=notes)
+                                        progress=progress, shard=shard, group=group, notes=notes)
     finally:
         model.train(was_training)
         if tmp is not None:
             tmp.cleanup()
-    if tmp is not None:
+    if tmp is not None and surf is not None:
         surf.dir_file = None  # the temporary folder is gone
     return surf
+
+
+def directions_path(out: str | os.PathLike) -> Path:
+    """Where `compute_surface(out=...)` keeps the directions: `<out stem>_dirs.h5` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_dirs.h5")
 
 
 def _keep_directions(path: Path, dirs: Directions, replace: bool) -> None:

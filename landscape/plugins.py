@@ -153,25 +153,53 @@ class PluginJob:
 def run_plugin_job(job: Any, plugins: PluginJob) -> Any:
     """`scripts/plot_surface.py` with plug-ins: the model, data and loss, then `api.compute_surface`.
 
-    `job` is the script's SurfaceJob (grid, directions, output and engine settings). Returns a
-    surface.JobResult.
+    `job` is the script's SurfaceJob (grid, directions, output and engine settings). Under
+    torchrun or srun every rank builds the same pieces and the ranks share the points. Returns a
+    surface.JobResult (its surface None on ranks other than 0).
     """
     from landscape import api
+    from landscape.distributed import Group, dist_info, local_device
+    from landscape.surface import JobResult, resolve_device
+
+    info = dist_info()
+    device = resolve_device(job.device)
+    with Group(info, device) as group:
+        notes: list[str] = []
+        error = None
+        try:  # every rank: a failure on one stops all, rank 0 reports it
+            model, data, loss, metrics, surf_file = _build(job, plugins, notes)
+        except Exception as e:  # noqa: BLE001
+            error = e
+        group.agree(error)
+        budget = int(plugins.memory_budget_mb * 2**20) if plugins.memory_budget_mb is not None else None
+        surf = api.compute_surface(
+            model, data, loss, metrics, x=job.x, y=job.y, seed=job.seed, directions=job.dir_file,
+            norm=job.xspec.norm, ignore=job.xspec.ignore, dir_type=job.xspec.dir_type, out=surf_file,
+            batch_size=job.batch_size, device=local_device(info, device), precision=job.precision,
+            fold_bn=job.fold_bn, compile=job.compile, stream=plugins.stream, points_per_pass=plugins.points_per_pass,
+            memory_budget=budget, num_workers=plugins.num_workers, overwrite=job.overwrite, progress=job.progress,
+            max_points=job.max_points, shard=job.shard, flush_seconds=job.flush_seconds, notes=notes, group=group)
+    return JobResult(surf, surf_file, api.directions_path(surf_file), type(model).__name__, notes)
+
+
+def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, dict, Callable, dict | None, Path]:
+    """(model, {split: data}, loss, metrics, surface file) for the job."""
     from landscape.checkpoint import build_model as build_zoo_model, load_checkpoint
     from landscape.data import load_dataset, resolve_normalization
     from landscape.evaluate import get_loss
-    from landscape.surface import JobResult, default_checkpoint, resolve_device
+    from landscape.metrics import accuracy
+    from landscape.surface import default_checkpoint
 
-    if job.ckpt2 is not None or job.bn_recompute:
-        raise LandscapeError("--model_file2/--bn-recompute do not combine with --model-def/--data-def/--loss-def/"
-                             "--stream yet; use the Python API (landscape.directions.interpolation) for those")
     sampling = getattr(job, "sampling", None)
     if sampling is not None and sampling.tolerance is not None:
         raise LandscapeError("--tolerance (adaptive sampling) does not combine with plug-ins or --stream yet; drop one")
+    if job.ckpt2 is not None or job.bn_recompute:
+        raise LandscapeError("--model_file2/--bn-recompute do not combine with --model-def/--data-def/--loss-def/"
+                             "--stream yet; use the Python API (landscape.directions.interpolation) for those")
+    if job.same_dir or job.yspec.norm != job.xspec.norm or job.yspec.ignore != job.xspec.ignore:
+        raise LandscapeError("with plug-ins, y is drawn like x: drop --same_dir, --ynorm and --yignore")
     if plugins.points_per_pass < 1:
         raise LandscapeError(f"--points-per-pass must be >= 1, got {plugins.points_per_pass}")
-    notes: list[str] = []
-    device = resolve_device(job.device)
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     ckpt = None
@@ -211,21 +239,11 @@ def run_plugin_job(job: Any, plugins: PluginJob) -> Any:
     loss = (load_symbol(plugins.loss_def, "--loss-def", "a callable (output, targets) -> per-sample losses")
             if plugins.loss_def is not None else get_loss(job.loss))
     metrics = parse_metric_defs(list(plugins.metric_defs) if plugins.metric_defs else None)
-    if metrics is None:
-        metrics = {} if plugins.loss_def is not None or plugins.model_def is not None else None
+    if metrics is None:  # accuracy only where the command line would give it: a zoo model, its loss
+        metrics = {} if plugins.loss_def is not None or plugins.model_def is not None else {"acc": accuracy}
 
     tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
     surf_file = Path(job.surf_file) if job.surf_file else Path(job.out) / f"{stem}_{tag.replace(':', '_')}.h5"
     if job.shard is not None:
         surf_file = job.shard.path(surf_file)
-    budget = int(plugins.memory_budget_mb * 2**20) if plugins.memory_budget_mb is not None else None
-    if job.same_dir or job.yspec.norm != job.xspec.norm or job.yspec.ignore != job.xspec.ignore:
-        raise LandscapeError("with plug-ins, y is drawn like x: drop --same_dir, --ynorm and --yignore")
-    surf = api.compute_surface(
-        model, data, loss, metrics, x=job.x, y=job.y, seed=job.seed, directions=job.dir_file,
-        norm=job.xspec.norm, ignore=job.xspec.ignore, dir_type=job.xspec.dir_type, out=surf_file,
-        batch_size=job.batch_size, device=device, precision=job.precision, fold_bn=job.fold_bn,
-        compile=job.compile, stream=plugins.stream, points_per_pass=plugins.points_per_pass,
-        memory_budget=budget, num_workers=plugins.num_workers, overwrite=job.overwrite, progress=job.progress,
-        max_points=job.max_points, shard=job.shard, flush_seconds=job.flush_seconds, notes=notes)
-    return JobResult(surf, surf_file, Path(surf.dir_file), type(model).__name__, notes)
+    return model, data, loss, metrics, surf_file

@@ -114,3 +114,14 @@ def test_bad_plugin_flags_through_the_cli(plot_surface, capsys, defs: Path, tmp_
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and expected in err and "\n" not in err
+
+
+def test_two_ranks_streaming_equal_one_process(plot_surface, defs: Path, tmp_path: Path) -> None:
+    from test_distributed import ROOT, assert_same_surface, torchrun
+
+    args = ["--model-def", f"{defs}:make_model", "--data-def", f"{defs}:make_loader", "--loss-def", f"{defs}:half_sq",
+            "--points-per-pass", "3", "--x=-1:1:5", "--y=-1:1:3", "--threads", "1", "--no-progress"]
+    assert plot_surface.main([*args, "--surf_file", str(tmp_path / "one.h5")]) == 0
+    proc = torchrun(2, ROOT / "scripts" / "plot_surface.py", [*args, "--surf_file", str(tmp_path / "two.h5")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_surface(read_surface(tmp_path / "two.h5"), read_surface(tmp_path / "one.h5"))
