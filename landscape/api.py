@@ -211,14 +211,13 @@ def compute_surface(
     if not isinstance(model, nn.Module):
         raise LandscapeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss):
-        raise LandscapeError(f"loss must be a callable (output, targets) -> per-sample losses, got {type(loss).__name__}")
+        raise LandscapeError("loss must be a callable (output, targets) -> per-sample losses, "
+                             f"got {type(loss).__name__}")
     metrics = check_metrics(metrics or {})
     grid = Grid(x, y)
     spec = DirectionSpec(dir_type, norm, ignore)
     device = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
     model.to(device)
-    was_training = model.training
-    model.eval()
     tensors = target_tensors(model, dir_type)
     dirs = _directions(model, directions, grid.ndim, seed, spec)
     sources = dict(data) if isinstance(data, Mapping) else {split: data}  # split name -> data
@@ -254,6 +253,8 @@ def compute_surface(
              "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1
                                     for m in measures.values())}
     group = group or Group()
+    was_training = model.training
+    model.eval()
     try:
         error = None
         if group.is_main:  # every rank has the same directions (one seed); rank 0 alone writes files

@@ -60,7 +60,8 @@ def check_metrics(metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
         if not isinstance(name, str) or not name or "/" in name or name == "loss":
             raise LandscapeError(f"metric names must be non-empty strings without '/' other than 'loss', got {name!r}")
         if not callable(fn):
-            raise LandscapeError(f"metric {name!r} must be a callable (output, targets) -> values, got {type(fn).__name__}")
+            raise LandscapeError(f"metric {name!r} must be a callable (output, targets) -> values, "
+                                 f"got {type(fn).__name__}")
     return metrics
 
 

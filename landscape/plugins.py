@@ -43,8 +43,8 @@ def load_symbol(spec: str, flag: str, expected: str) -> Callable:
     if not hasattr(module, name):
         defined = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                    and getattr(v, "__module__", None) == module.__name__]
-        raise LandscapeError(f"{flag} {spec!r}: {where} has no {name!r} (it defines {', '.join(defined[:6]) or 'no callables'}); "
-                             f"name {expected}")
+        listed = ", ".join(defined[:6]) or "no callables"
+        raise LandscapeError(f"{flag} {spec!r}: {where} has no {name!r} (it defines {listed}); name {expected}")
     obj = getattr(module, name)
     if not callable(obj):
         raise LandscapeError(f"{flag} {spec!r}: {name} in {where} is a {type(obj).__name__}, expected {expected}")

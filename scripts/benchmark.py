@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import resource
 import shlex
@@ -46,22 +47,24 @@ MODES = {
     "compile-bf16": EngineOptions(precision="bf16", fold_bn=True, compile=True),
 }
 CIFAR_CASES = ("cifar-resnet20", "cifar-resnet56")  # random 3x32x32 images, random BN statistics
-CASES = ("digits-resnet56", *CIFAR_CASES)
+CASES = ("digits-resnet20", "digits-resnet56", *CIFAR_CASES)
 EXAMPLE = """examples:
   python scripts/benchmark.py                                  # both default cases, modes fp32,fp32-nofold,bf16
   python scripts/benchmark.py --case digits-resnet56 --modes fp32,bf16,compile --json results/bench.json --record
+  python scripts/benchmark.py --stream-k 1,2,4,8,16 --points 16      # streamed data: loading cost per point vs K
 """
 
 
 def make_case(name: str, device: torch.device, n: int | None):
-    """(model, x, y) for a named case: digits-resnet56 (bundled checkpoint when present), or a CIFAR
+    """(model, x, y) for a named case: digits-resnet20/56 (bundled checkpoint when present), or a CIFAR
     ResNet on random 3x32x32 images (cifar-resnet20, cifar-resnet56: throughput needs no real data)."""
-    if name == "digits-resnet56":
-        ckpt = ROOT / "checkpoints" / "digits_resnet56.pt"
+    if name in ("digits-resnet20", "digits-resnet56"):
+        arch = name.removeprefix("digits-")
+        ckpt = ROOT / "checkpoints" / f"digits_{arch}.pt"
         if ckpt.is_file():
             model, _, _ = build_model(load_checkpoint(ckpt))
         else:
-            model = get_model("resnet56", num_classes=10, in_channels=1)
+            model = get_model(arch, num_classes=10, in_channels=1)
         data = load_dataset("digits", "train", n_samples=n)
         x = DEFAULT_NORMALIZATION["digits"].apply(data.x)
         y = data.y
@@ -180,6 +183,117 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     return result
 
 
+class _Timed:
+    """An iterable over `loader` that adds the time spent fetching each batch to `seconds`."""
+
+    def __init__(self, loader):
+        self.loader, self.seconds = loader, 0.0
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - t0
+            yield batch
+
+
+class _DecodedImages(torch.utils.data.Dataset):
+    """Images kept as uint8 and decoded per item (scaled and normalized), as a real input pipeline does."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        lo, hi = x.min(), x.max()
+        self.scale, self.offset = float(hi - lo) / 255, float(lo)
+        self.x = ((x - lo) / (hi - lo) * 255).round().to(torch.uint8).cpu()
+        self.y = y.cpu()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i].float() * self.scale + self.offset, self.y[i]
+
+
+def run_stream(case: str, ks: list[int], points: int, repeats: int, device, n, batch_size, workers: int) -> dict:
+    """Streaming evaluation: seconds per point for each K (points per pass over a DataLoader).
+
+    The data-loading time per point is the time spent fetching batches from the DataLoader
+    (reading and decoding, measured around each fetch) over the points; it falls like 1/K. The
+    resident loop on the same decoded samples gives the compute alone.
+    """
+    from landscape.stream import StreamEvaluator
+
+    model, x, y = make_case(case, device, n)
+    ds = _DecodedImages(x, y)
+    bs = batch_size or 128
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    setter = PointSetter([t for _, t in tensors], [dirs.x, dirs.y])
+    coords = [tuple(c) for c in np.random.default_rng(0).uniform(-0.5, 0.5, size=(points, 2))]
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    resident = Evaluator(model, torch.stack(xs).to(device), torch.stack(ys).to(device), batch_size=bs)
+    timed_loaders = {k: _Timed(loader) for k in ks}
+    streams = {k: StreamEvaluator(model, timed_loaders[k], device=device, points_per_pass=k) for k in ks}
+
+    def timed(run) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        run()
+        sync(device)
+        return time.perf_counter() - t0
+
+    def run_resident():
+        for c in coords:
+            setter.set(c)
+            resident()
+
+    def run_stream(k):
+        for i in range(0, points, k):
+            streams[k].block(setter, coords[i:i + k])
+
+    def read_only():
+        for _ in loader:
+            pass
+
+    resident()  # warm-up
+    times: dict = {"resident": [], "load": [], **{k: [] for k in ks}, **{("load", k): [] for k in ks}}
+    for _ in range(repeats):  # interleaved, medians taken: machine load affects all alike
+        times["resident"].append(timed(run_resident) / points)
+        times["load"].append(timed(read_only))  # one pass of reading and decoding alone
+        for k in ks:
+            timed_loaders[k].seconds = 0.0
+            times[k].append(timed(lambda: run_stream(k)) / points)
+            times[("load", k)].append(timed_loaders[k].seconds / points)
+    setter.restore()
+    resident_s, load_s = statistics.median(times["resident"]), statistics.median(times["load"])
+    rows = [{"k": k, "s_per_point": statistics.median(times[k]),
+             "loading_s_per_point": statistics.median(times[("load", k)])} for k in ks]
+    return {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(ds),
+            "points": points, "repeats": repeats, "batch_size": bs, "workers": workers, "resident_s_per_point": resident_s,
+            "one_pass_loading_s": load_s, "stream": rows}
+
+
+def stream_markdown(results: list[dict], command: str) -> str:
+    lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
+             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"{results[0]['threads']} threads, device {results[0]['device']}; streamed from a DataLoader "
+             "(uint8 images decoded per item) vs the same samples resident on the device", "",
+             "| case | samples × points | workers | one pass of loading s | resident s/pt | K | streamed s/pt | "
+             "loading s/pt |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for row in r["stream"]:
+            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {r['workers']} | "
+                         f"{r['one_pass_loading_s']:.3f} | {r['resident_s_per_point']:.3f} | {row['k']} | "
+                         f"{row['s_per_point']:.3f} | {row['loading_s_per_point']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict], command: str) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -194,6 +308,16 @@ def markdown(results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LandscapeError(f"{flag} must be comma-separated integers like 1,4,16, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise LandscapeError(f"{flag} must be integers >= 1 like 1,4,16, got {text!r}")
+    return values
+
+
 @exit_on_error
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -206,6 +330,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--stream-k", default=None, metavar="K1,K2,...",
+                   help="instead of the modes: streaming evaluation with K points per pass over a DataLoader, "
+                        "seconds per point and the data-loading share for each K (e.g. 1,4,16)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for --stream-k")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -216,14 +344,22 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size)
-               for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
-    table = markdown(results, command)
+    if args.stream_k:
+        ks = _ints(args.stream_k, "--stream-k")
+        points = math.lcm(*ks) * max(1, args.points // math.lcm(*ks))  # every K divides the points
+        results = [run_stream(c, ks, points, args.repeats, device, args.n_samples, args.batch_size, args.workers)
+                   for c in (args.case or ["digits-resnet20"])]
+        table = stream_markdown(results, command)
+    else:
+        results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size)
+                   for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
+        table = markdown(results, command)
     print(table)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        flat = {"plain_ips": results[0]["plain_ips"], **results[0]["modes"], "cases": results, "command": command}
+        flat = ({"cases": results, "command": command} if args.stream_k else
+                {"plain_ips": results[0]["plain_ips"], **results[0]["modes"], "cases": results, "command": command})
         Path(args.json).write_text(json.dumps(flat, indent=2) + "\n")
     if args.record:
         path = ROOT / "BENCHMARKS.md"
