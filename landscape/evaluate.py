@@ -65,12 +65,13 @@ def check_metrics(metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
     return metrics
 
 
-def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str]) -> torch.Tensor:
+def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str],
+               means: set[str] | None = None) -> torch.Tensor:
     """(len(fns), 2) float64: per function, the sum and the sum of squares of its per-sample values.
 
     Values of shape (n, ...) are averaged over the trailing dimensions to one per sample; a 0-dim
     value is a batch mean and counts as n samples of that value (its sum of squares then ignores
-    the spread inside the batch).
+    the spread inside the batch); its name is added to `means`.
     """
     rows = []
     for fn, name in zip(fns, names):
@@ -80,6 +81,8 @@ def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: S
         if not v.is_floating_point():
             v = v.double()
         if v.dim() == 0:
+            if means is not None:
+                means.add(name)
             v = v.double()
             rows.append(torch.stack([v * n, v.square() * n]))
             continue
@@ -157,6 +160,7 @@ class Evaluator:
         self.metrics = check_metrics(metrics)
         self.metric_names = ("loss", *self.metrics)
         self._fns = [loss_fn, *self.metrics.values()]
+        self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
         self.batch_size = batch_size or min(len(x), DEFAULT_BATCH if x.device.type == "cpu" else DEFAULT_BATCH_CUDA)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
@@ -193,7 +197,7 @@ class Evaluator:
         and the sum of squares of metric i's per-sample values (the loss; 1.0 or 0.0 for accuracy),
         enough for a mean and its standard error over any union of disjoint ranges. A function that
         returns a batch mean contributes (batch size) x mean and x mean^2 (see `batch_sums`): its
-        means are right, its standard errors are not per-sample ones.
+        means are right, its standard errors are not per-sample ones (its name is in `batch_means`).
         """
         stop = len(self.x) if stop is None else stop
         if not 0 <= start <= stop <= len(self.x):
@@ -204,7 +208,8 @@ class Evaluator:
         with eval_mode(dev, self.precision):
             for i in range(start, stop, self.batch_size):
                 j = min(i + self.batch_size, stop)
-                total += batch_sums(self.model(self.x[i:j]), self.y[i:j], j - i, self._fns, self.metric_names)
+                total += batch_sums(self.model(self.x[i:j]), self.y[i:j], j - i, self._fns, self.metric_names,
+                                    self.batch_means)
             return total
 
 

@@ -84,6 +84,7 @@ class StreamEvaluator:
         self.metrics = check_metrics(metrics)
         self.metric_names = ("loss", *self.metrics)
         self._fns = [loss_fn, *self.metrics.values()]
+        self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
         self.device = torch.device(device)
         self.precision = precision
         self.points_per_pass = points_per_pass
@@ -115,7 +116,8 @@ class StreamEvaluator:
                 for i in range(k):
                     if k > 1:
                         setter.set(points[i])
-                    total[i] += batch_sums(self.model(inputs), targets, nb, self._fns, self.metric_names)
+                    total[i] += batch_sums(self.model(inputs), targets, nb, self._fns, self.metric_names,
+                                           self.batch_means)
             n += nb
         if n == 0:
             raise LandscapeError("the data yielded no samples; check the Dataset or DataLoader")

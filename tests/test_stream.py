@@ -122,3 +122,6 @@ def test_mean_returning_loss_is_weighted_by_batch_size(data):
     stream = StreamEvaluator(model, DataLoader(TensorDataset(*data), batch_size=32), mean_loss, metrics={})
     assert stream()[0] == pytest.approx(per_sample[0], rel=1e-6)  # batches of 32, 32, 26
     assert len(stream) == 90
+    assert stream.batch_means == {"loss"}  # a mean: its standard error would not be a per-sample one
+    resident = Evaluator(model, *data, mean_loss, batch_size=32)
+    assert resident()[0] == pytest.approx(per_sample[0], rel=1e-6) and resident.batch_means == {"loss"}
