@@ -184,7 +184,7 @@ def run_plugin_job(job: Any, plugins: PluginJob) -> Any:
 
 def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, dict, Callable, dict | None, Path]:
     """(model, {split: data}, loss, metrics, surface file) for the job."""
-    from landscape.checkpoint import build_model as build_zoo_model, load_checkpoint
+    from landscape.checkpoint import _compare, _describe, _signature, build_model as build_zoo_model, load_checkpoint
     from landscape.data import load_dataset, resolve_normalization
     from landscape.evaluate import get_loss
     from landscape.metrics import accuracy
@@ -209,11 +209,12 @@ def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, d
         stem = plugins.model_def.rpartition(":")[2]
         if job.ckpt is not None:
             ckpt = load_checkpoint(job.ckpt, allow_pickle=job.allow_pickle)
-            try:
-                model.load_state_dict(ckpt.state)
-            except RuntimeError as e:
-                raise LandscapeError(f"--ckpt {job.ckpt} does not fit the --model-def model "
-                                     f"({_first_line(e)}); pass the checkpoint saved from that model") from None
+            missing, unexpected, shapes = _compare(_signature(model), ckpt.state_dict)
+            if missing or unexpected or shapes:
+                raise LandscapeError(f"--ckpt {job.ckpt} does not fit the --model-def model: "
+                                     f"{_describe(missing, unexpected, shapes)}; pass the checkpoint saved from "
+                                     "that model (and its --model-kwargs)")
+            model.load_state_dict(ckpt.state_dict)
             stem = Path(job.ckpt).stem
         else:
             notes.append(f"no --ckpt: the surface is around the model's initial weights (torch seed {job.seed})")

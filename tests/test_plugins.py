@@ -125,3 +125,29 @@ def test_two_ranks_streaming_equal_one_process(plot_surface, defs: Path, tmp_pat
     proc = torchrun(2, ROOT / "scripts" / "plot_surface.py", [*args, "--surf_file", str(tmp_path / "two.h5")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_surface(read_surface(tmp_path / "two.h5"), read_surface(tmp_path / "one.h5"))
+
+
+def test_model_def_with_checkpoint_and_cli_resume(plot_surface, capsys, defs: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mydefs_ckpt", defs)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(7)
+    model = mod.make_model(width=3)
+    torch.save(model.state_dict(), tmp_path / "trained.pt")  # a bare state_dict
+    args = ["--model-def", f"{defs}:make_model", "--model-kwargs", '{"width": 3}',
+            "--ckpt", str(tmp_path / "trained.pt"), "--data-def", f"{defs}:make_data", "--loss-def", f"{defs}:half_sq", "--x=-1:1:4", "--y=-1:1:3",
+            "--surf_file", str(tmp_path / "s.h5"), "--no-progress"]
+    assert plot_surface.main([*args, "--max-points", "5"]) == 0
+    assert int(read_surface(tmp_path / "s.h5").done.sum()) == 5
+    assert plot_surface.main(args) == 0  # resumes: the other 7 points
+    cli = read_surface(tmp_path / "s.h5")
+    api = ll.compute_surface(model, mod.make_data("train"), mod.half_sq, x=ll.Axis(-1, 1, 4), y=ll.Axis(-1, 1, 3),
+                             progress=False)
+    assert cli.done.all() and np.array_equal(cli.metrics["train_loss"], api.metrics["train_loss"])
+    with pytest.raises(SystemExit):  # a checkpoint of another width
+        plot_surface.main([*args[:3], '{"width": 4}', *args[4:]])  # args[3] is the kwargs
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --ckpt {tmp_path / 'trained.pt'} does not fit the --model-def model: ")
+    assert "shape" in err and "\n" not in err
