@@ -213,9 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare or args.compare_spectra:
         return compare(args)
     from landscape.hessian_job import ratio_stats, run_hessian_job
+    from landscape.surface import Interrupted
 
     job = build_job(args)
-    result = run_hessian_job(job)
+    try:
+        result = run_hessian_job(job)
+    except Interrupted as e:  # SIGTERM / Ctrl-C: every computed point is saved
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     for note in result.notes:
         print(f"note: {note}")
     sp = result.spectrum

@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=None, help="also save model_<epoch>.pt every K epochs")
     p.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) + horizontal flip")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-test", action="store_true", help="skip the test split (e.g. when only the train files are at hand)")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--manifest", default=None,
                    help="record the file (command, seed, wall time, sha256, accuracies) in this MANIFEST.json")
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
                       warmup_epochs=args.warmup_epochs, seed=args.seed, save_every=args.save_every,
                       augment=args.augment)
     tr = load_dataset(args.dataset, "train", args.data_root)
-    te = load_dataset(args.dataset, "test", args.data_root)
+    te = None if args.no_test else load_dataset(args.dataset, "test", args.data_root)
     norm = DEFAULT_NORMALIZATION.get(args.dataset) or _stats(tr.x)
     import torch
     torch.manual_seed(args.seed)

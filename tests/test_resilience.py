@@ -265,3 +265,24 @@ def test_a_live_lock_is_refused_naming_its_holder(tmp_path, host, message) -> No
         SurfaceLock(path).acquire()
     assert message.format(pid=pid, host=socket.gethostname(), lock=lock) in str(e.value)
     assert lock.read_text() == before
+
+
+def test_sigterm_stops_a_curvature_map_with_one_line(digits_ckpt, tmp_path) -> None:
+    """plot_hessian_eig.py, like plot_surface.py: SIGTERM saves the points done and ends with one line."""
+    surf_file = tmp_path / "eig.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "plot_hessian_eig.py"), "--ckpt", str(digits_ckpt),
+                             "--hessian-samples", "16", "--x=-1:1:9", "--y=-1:1:9", "--threads", "1", "--no-progress",
+                             "--out", str(tmp_path), "--surf_file", str(surf_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_lock(surf_file, proc)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    n = int(read_surface(surf_file).done.sum())
+    assert n < 81
+    assert err.splitlines() == [f"interrupted: stopped by SIGTERM: {n}/81 points are saved in {surf_file}; "
+                                "rerun the same command to continue"]
