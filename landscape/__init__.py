@@ -29,18 +29,32 @@ evaluate (and stream), surface (with storage), plot; api ties them for Python ca
 __version__ = "0.1.0"
 
 from landscape.errors import LandscapeError  # noqa: E402
-from landscape import directions, losses, metrics  # noqa: E402
-from landscape.api import compute_surface  # noqa: E402
-from landscape.grid import Axis  # noqa: E402
-from landscape.storage import Surface, read_surface  # noqa: E402
 
-__all__ = ["LandscapeError", "__version__", "compute_surface", "Axis", "Surface", "read_surface",
-           "directions", "losses", "metrics", "plot"]
+# The API is imported on first use, so that `import landscape.plot` (re-plotting a file) does not
+# pay for torch: name -> (module, attribute or None for the module itself).
+_LAZY = {
+    "compute_surface": ("landscape.api", "compute_surface"),
+    "Axis": ("landscape.grid", "Axis"),
+    "Surface": ("landscape.storage", "Surface"),
+    "read_surface": ("landscape.storage", "read_surface"),
+    "directions": ("landscape.directions", None),
+    "losses": ("landscape.losses", None),
+    "metrics": ("landscape.metrics", None),
+    "plot": ("landscape.plot", None),
+}
+
+__all__ = ["LandscapeError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name == "plot":  # matplotlib is imported on first use only
-        import importlib
+    if name not in _LAZY:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    import importlib
 
-        return importlib.import_module("landscape.plot")
-    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
