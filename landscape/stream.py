@@ -41,13 +41,22 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def forward(model: nn.Module, inputs: Any) -> Any:
+    """The model on a batch's inputs: model(x), model(*inputs) for a tuple or list, model(**inputs) for a dict."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
 def batch_len(inputs: Any, targets: Any) -> int:
     """Samples in a batch: the length of its first tensor along dimension 0."""
     for obj in (inputs, targets):
         if isinstance(obj, torch.Tensor) and obj.dim() > 0:
             return len(obj)
-        if isinstance(obj, (tuple, list)):
-            for o in obj:
+        if isinstance(obj, (tuple, list, Mapping)):
+            for o in (obj.values() if isinstance(obj, Mapping) else obj):
                 if isinstance(o, torch.Tensor) and o.dim() > 0:
                     return len(o)
     raise LandscapeError("cannot tell how many samples a batch holds: neither its inputs nor its targets are tensors")
@@ -67,6 +76,9 @@ def check_deterministic(data: Iterable) -> None:
 
 class StreamEvaluator:
     """Mean loss and metrics over data read in batches from an iterable (typically a DataLoader).
+
+    A batch is (inputs, targets); inputs may be a tensor, a tuple (model(*inputs)) or a dict
+    (model(**inputs), e.g. input ids and an attention mask).
 
     A measure for `surface.compute_surface`: `block(setter, points)` evaluates up to
     `points_per_pass` points in one pass over the data; calling it evaluates the current weights.
@@ -116,7 +128,7 @@ class StreamEvaluator:
                 for i in range(k):
                     if k > 1:
                         setter.set(points[i])
-                    total[i] += batch_sums(self.model(inputs), targets, nb, self._fns, self.metric_names,
+                    total[i] += batch_sums(forward(self.model, inputs), targets, nb, self._fns, self.metric_names,
                                            self.batch_means)
             n += nb
         if n == 0:

@@ -125,3 +125,28 @@ def test_mean_returning_loss_is_weighted_by_batch_size(data):
     assert stream.batch_means == {"loss"}  # a mean: its standard error would not be a per-sample one
     resident = Evaluator(model, *data, mean_loss, batch_size=32)
     assert resident()[0] == pytest.approx(per_sample[0], rel=1e-6) and resident.batch_means == {"loss"}
+
+
+def test_dict_and_tuple_inputs_are_spread_into_the_model(tmp_path):
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, ids, mask):
+            return self.lin(ids * mask)
+
+    torch.manual_seed(0)
+    model = Masked()
+    g = torch.Generator().manual_seed(0)
+    ids, mask, y = torch.randn(24, 4, generator=g), (torch.rand(24, 4, generator=g) > 0.3).float(), torch.arange(24) % 3
+    as_dict = [({"ids": ids[i:i + 8], "mask": mask[i:i + 8]}, y[i:i + 8]) for i in range(0, 24, 8)]
+    as_tuple = [((ids[i:i + 8], mask[i:i + 8]), y[i:i + 8]) for i in range(0, 24, 8)]
+    kw = {"x": ll.Axis(-1, 1, 3), "y": None, "progress": False, "points_per_pass": 2}
+    a = ll.compute_surface(model, as_dict, **kw)
+    b = ll.compute_surface(model, as_tuple, **kw)
+    plain = nn.Sequential(nn.Linear(4, 3))
+    plain[0].load_state_dict(model.lin.state_dict())
+    c = ll.compute_surface(plain, (ids * mask, y), batch_size=8, **kw)
+    assert np.array_equal(a.metrics["train_loss"], b.metrics["train_loss"])
+    np.testing.assert_allclose(a.metrics["train_loss"], c.metrics["train_loss"], rtol=1e-6)
