@@ -39,7 +39,7 @@ EXAMPLE = """examples:
   python scripts/plot_surface.py --ckpt resnet56-4bfd9763.th --dataset cifar10 --data-root data/ \\
       --x=-1:1:51 --y=-1:1:51 --n-samples 1000      # akamaster's file: architecture and normalization known
   python scripts/plot_surface.py --ckpt a.pt --model_file2 b.pt --x=-0.5:1.5:41   # 1-D interpolation a -> b
-  python scripts/plot_surface.py --model-def my.py:make_model --model-kwargs '{"width": 2}' --ckpt my.pt \
+  python scripts/plot_surface.py --model-def my.py:make_model --model-kwargs '{"width": 2}' --ckpt my.pt \\
       --data-def my.py:make_data --loss-def my.py:loss --x=-1:1:21 --y=-1:1:21   # your own model, data, loss
   torchrun --nproc_per_node=4 scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51   # 4 ranks share the points
   python scripts/plot_surface.py --x=-1:1:51 --y=-1:1:51 --shard 0/8   # job array task 0 of 8 (see scripts/slurm/)
