@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="directions, subset and the common sample order")
     p.add_argument("--points", type=int, default=0, help="random grid points to check on the whole set")
     p.add_argument("--point-seed", type=int, default=1)
+    p.add_argument("--radius", type=float, default=None,
+                   help="draw the points among those with |x|, |y| <= radius (default: the whole grid)")
+    p.add_argument("--fixed-n", default="64,256,1024",
+                   help="also the coverage of the plain normal +-2 SE at these fixed sample counts")
     p.add_argument("--reps", type=int, default=300, help="random orders for the coverage of the rule")
     p.add_argument("--tolerance", type=float, default=None, help="default vlevel/4")
     p.add_argument("--vlevel", type=float, default=0.5)
@@ -69,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--z", type=float, default=2.0)
     p.add_argument("--n-low", type=int, default=2048)
     p.add_argument("--low-loss", type=float, default=0.1)
+    p.add_argument("--values", default=None,
+                   help="an .npz of per-sample losses saved by --save-values (keys loss_<x>_<y>, hits_<x>_<y>): "
+                        "the rule's coverage from them, with no forward pass")
+    p.add_argument("--save-values", default=None, help="save the points' per-sample losses and hits to this .npz")
     p.add_argument("--surface", default=None, help="an adaptive surface file")
     p.add_argument("--reference", default=None, help="a full surface file of the same grid")
     p.add_argument("--threads", type=int, default=None)
@@ -80,6 +88,12 @@ def plan_of(args: argparse.Namespace) -> SamplingPlan:
     tol = args.tolerance if args.tolerance is not None else args.vlevel / 4
     return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax, low_loss=args.low_loss,
                         n_low=args.n_low, seed=args.seed)
+
+
+def inside(err, se, full):
+    """|error| <= 2 SE, up to float rounding (a point that used the whole set has SE 0 and may
+    differ from a full pass in another order by a few ulps)."""
+    return err <= 2 * se + 1e-9 * np.maximum(1.0, np.abs(full))
 
 
 def array_sums(values: np.ndarray, hits: np.ndarray):
@@ -99,13 +113,24 @@ def rule_coverage(values: np.ndarray, hits: np.ndarray, plan: SamplingPlan, batc
         o = rng.permutation(len(values))
         est = estimate(array_sums(values[o], hits[o]), len(values), batch, plan)
         err = abs(est.loss - full)
-        covered.append(err <= 2 * est.loss_se)
+        covered.append(inside(err, est.loss_se, full))
         errs.append(err)
         ns.append(est.n)
         ratios.append(err / est.loss_se if est.loss_se > 0 else 0.0)
     return {"coverage_2se": float(np.mean(covered)), "max_err": float(np.max(errs)),
             "rms_err": float(np.sqrt(np.mean(np.square(errs)))), "mean_n": float(np.mean(ns)),
             "rms_err_over_se": float(np.sqrt(np.mean(np.square(ratios))))}
+
+
+def fixed_n_coverage(values: np.ndarray, n: int, reps: int, rng: np.random.Generator) -> float:
+    """Coverage of the plain normal mean +- 2 SE (finite-population corrected) from n random samples."""
+    full = values.mean()
+    hits = 0
+    for _ in range(reps):
+        s = values[rng.choice(len(values), n, replace=False)]
+        se = s.std(ddof=1) / math.sqrt(n) * math.sqrt(1 - n / len(values))
+        hits += inside(abs(s.mean() - full), se, full)
+    return hits / reps
 
 
 def per_sample(model, x, y, loss_fn, batch: int, precision: str, device) -> tuple[np.ndarray, np.ndarray]:
@@ -146,31 +171,67 @@ def check_points(args: argparse.Namespace) -> dict:
     pts = grid.points()
     rng = np.random.default_rng(args.point_seed)
     center = int(np.argmin(np.abs(pts).sum(axis=1)))
-    picks = [center] + [int(i) for i in rng.choice(grid.size, size=min(args.points, grid.size), replace=False)
+    pool = np.arange(grid.size)
+    if args.radius is not None:
+        pool = pool[np.abs(pts).max(axis=1) <= args.radius]
+    picks = [center] + [int(i) for i in rng.choice(pool, size=min(args.points, len(pool)), replace=False)
                         if i != center]
+    fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
     plan = plan_of(args)
-    rows = []
+    rows, saved = [], {}
     for k, idx in enumerate(picks):
         t0 = time.perf_counter()
         setter.set(pts[idx])
         vals, hits = per_sample(eval_model, x, y, cross_entropy, args.batch_size, args.precision, device)
         full = float(vals.mean())
+        saved[f"loss_{pts[idx][0]:g}_{pts[idx][1]:g}"], saved[f"hits_{pts[idx][0]:g}_{pts[idx][1]:g}"] = vals, hits
         est = estimate(array_sums(vals, hits), len(vals), args.batch_size, plan)
         sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng)
+        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng) for n in fixed if n < len(vals)}
         row = {"x": float(pts[idx][0]), "y": float(pts[idx][1]), "full": full, "adaptive": est.loss,
                "se": est.loss_se, "n": est.n, "N": len(vals), "err": abs(est.loss - full),
-               "covered": abs(est.loss - full) <= 2 * est.loss_se, "rule": sim,
+               "covered": inside(abs(est.loss - full), est.loss_se, full), "rule": sim,
                "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(f"[{k + 1}/{len(picks)}] ({row['x']:+.2f},{row['y']:+.2f}) full {full:.4g}  adaptive {est.loss:.4g} "
               f"+- {2 * est.loss_se:.3g} (n={est.n})  |err| {row['err']:.3g}  rule coverage {sim['coverage_2se']:.3f} "
-              f"(mean n {sim['mean_n']:.0f})", flush=True)
+              f"(mean n {sim['mean_n']:.0f}); plain normal at n=" +
+              ", ".join(f"{n}: {c:.2f}" for n, c in sim["fixed_n"].items()), flush=True)
     setter.restore()
+    if args.save_values:
+        np.savez(args.save_values, **saved)
+    return summarize(rows, plan, args)
+
+
+def check_values(args: argparse.Namespace) -> dict:
+    """The rule's coverage at points whose per-sample values were saved before (no model needed)."""
+    data = np.load(args.values)
+    plan, rng, rows = plan_of(args), np.random.default_rng(args.point_seed), []
+    fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
+    for key in sorted(k for k in data.files if k.startswith("loss_")):
+        vals = data[key].astype(np.float64)
+        hits = data["hits_" + key[5:]] if "hits_" + key[5:] in data.files else np.ones_like(vals)
+        full = float(vals.mean())
+        est = estimate(array_sums(vals, hits), len(vals), args.batch_size, plan)
+        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng)
+        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng) for n in fixed if n < len(vals)}
+        x, y = (float(c) for c in key[5:].split("_"))
+        rows.append({"x": x, "y": y, "full": full, "adaptive": est.loss, "se": est.loss_se, "n": est.n,
+                     "N": len(vals), "err": abs(est.loss - full),
+                     "covered": bool(inside(abs(est.loss - full), est.loss_se, full)), "rule": sim})
+        print(f"({x:+.2f},{y:+.2f}) N={len(vals)} full {full:.4g}  rule coverage {sim['coverage_2se']:.3f} "
+              f"(mean n {sim['mean_n']:.0f}, max |err| {sim['max_err']:.3g}); plain normal at n=" +
+              ", ".join(f"{n}: {c:.2f}" for n, c in sim["fixed_n"].items()), flush=True)
+    return summarize(rows, plan, args)
+
+
+def summarize(rows: list[dict], plan: SamplingPlan, args: argparse.Namespace) -> dict:
     below = [r for r in rows if r["full"] < plan.vmax]
     low = [r for r in rows if r["full"] < 1.0]
     summary = {
-        "model": arch, "dataset": dataset, "N": len(y), "precision": args.precision, "plan": plan.settings(),
+        "ckpt": args.ckpt, "values": args.values, "precision": args.precision, "plan": plan.settings(),
         "points": len(rows), "points_below_vmax": len(below),
+        "covered": int(sum(bool(r["covered"]) for r in rows)),
         "max_err_below_vmax": max((r["err"] for r in below), default=float("nan")),
         "coverage_2se_points": float(np.mean([r["covered"] for r in rows])),
         "rule_coverage_min": min(r["rule"]["coverage_2se"] for r in rows),
@@ -215,7 +276,7 @@ def check_surfaces(args: argparse.Namespace) -> dict:
     a, r, se = ad.metrics["train_loss"], ref.metrics["train_loss"], ad.metrics["train_loss_se"]
     err = np.abs(a - r)
     below = both & (r < vmax)
-    covered = err <= 2 * se
+    covered = inside(err, se, r)
     bands = {}
     for lo, hi in ((0, 1), (1, 2), (2, 5), (5, vmax)):
         m = both & (r >= lo) & (r < hi)
@@ -253,12 +314,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.ckpt is None:
             raise LandscapeError("--points needs --ckpt (and --dataset/--data-root for files without metadata)")
         result["points"] = check_points(args)
+    if args.values:
+        result["values"] = check_values(args)
     if args.surface or args.reference:
         if not (args.surface and args.reference):
             raise LandscapeError("--surface and --reference go together")
         result["surfaces"] = check_surfaces(args)
     if not result:
-        raise LandscapeError("nothing to check: pass --points K and/or --surface A --reference B")
+        raise LandscapeError("nothing to check: pass --points K, --values FILE and/or --surface A --reference B")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=float))
