@@ -130,7 +130,8 @@ def test_reference_flags(plot_surface, capsys, digits_ckpt: Path, tmp_path: Path
         assert json.loads(f.attrs["n_samples"]) == {"train": 32}
     pngs, pdfs = sorted(out.glob("*.png")), sorted(out.glob("*.pdf"))
     kinds = {p.stem.rsplit("_", 1)[-1] for p in pngs}
-    assert kinds == {"2dcontour", "2dcontourf", "2dheat", "3dsurface"}
+    # --n-samples stores standard errors, so the error heat map (contour beside 2 SE) is drawn too
+    assert kinds == {"2dcontour", "2dcontourf", "2dheat", "3dsurface", "2derror"}
     assert [p.with_suffix("") for p in pngs] == [p.with_suffix("") for p in pdfs]
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(p) in stdout
