@@ -427,12 +427,19 @@ def plot_surface_figures(
     loss_max: float | None = None,
     acc_min: float | None = None,
     xlim: tuple[float | None, float | None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[Path]:
     """Draw the standard figures (see `surface_figures`) and write each as `<out_stem>_<suffix>.png/.pdf`.
 
+    `only`: write just the figures whose suffix ends with one of these (e.g. `("2derror",)`).
     Returns every path written.
     """
     figs = surface_figures(surf, metric, vmin, vmax, vlevel, zlim, log, loss_max, acc_min, xlim)
+    if only is not None:
+        figs = {k: f for k, f in figs.items() if any(k.endswith(o) for o in only)}
+        if not figs:
+            raise LandscapeError(f"no figure matches {', '.join(only)}; this surface has "
+                                 f"{', '.join(surface_figures(surf, metric, vmin, vmax, vlevel, zlim, log))}")
     return [p for suffix, fig in figs.items() for p in save_figure(fig, f"{out_stem}_{suffix}")]
 
 

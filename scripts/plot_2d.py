@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zlim", type=float, default=10.0, help="the 3-D surface is clipped above it (default: 10)")
     p.add_argument("--show", action="store_true", help="also open the figures in windows, when a display exists")
     p.add_argument("--out", default=None, help="output file stem (default: the surface file path without .h5)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated figures to write, e.g. 2derror (a sampled surface's contour beside its "
+                        "error bars) or 2dcontour,3dsurface (default: all)")
     return p.parse_args(argv)
 
 
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.surf_file)
     out = args.out if args.out is not None else str(path.with_suffix("") if path.suffix == ".h5" else path)
     kw = dict(metric=args.surf_name, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, zlim=args.zlim)
-    for p in plot_surface_figures(surf, out, **kw):
+    only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
+    for p in plot_surface_figures(surf, out, **kw, only=only):
         print(p)
     if args.show and has_display():
         import matplotlib.pyplot as plt

@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-values", default=None, help="save the points' per-sample losses and hits to this .npz")
     p.add_argument("--surface", default=None, help="an adaptive surface file")
     p.add_argument("--reference", default=None, help="a full surface file of the same grid")
+    p.add_argument("--figure", default=None,
+                   help="with --surface/--reference: write STEM.png/.pdf, the full and the adaptive contours "
+                        "beside |difference| / T")
+    p.add_argument("--vmin", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write every number here")
     return p.parse_args(argv)
@@ -262,6 +266,17 @@ def _direction_difference(a: str, b: str) -> dict:
     return {"same": worst < 1e-5, "max_rel_diff": worst}
 
 
+def _beside(dir_file: str | None, surf_path: str) -> str | None:
+    """A surface's direction file: as recorded, else the file of that name beside the surface
+    (a file computed on another machine records that machine's path)."""
+    if not dir_file:
+        return None
+    for p in (Path(dir_file), Path(surf_path).parent / Path(dir_file).name):
+        if p.is_file():
+            return str(p)
+    return None
+
+
 def check_surfaces(args: argparse.Namespace) -> dict:
     from landscape.storage import read_surface
 
@@ -294,8 +309,9 @@ def check_surfaces(args: argparse.Namespace) -> dict:
         "bands": bands, "forwards_used": used, "forwards_full": full, "forwards_ratio": full / max(used, 1),
         "reference_precision": (ref.settings or {}).get("precision"), "precision": (ad.settings or {}).get("precision"),
     }
-    if ad.dir_file and ref.dir_file and Path(ad.dir_file).exists() and Path(ref.dir_file).exists():
-        out["directions"] = _direction_difference(ad.dir_file, ref.dir_file)
+    dirs = [_beside(f.dir_file, path) for f, path in ((ad, args.surface), (ref, args.reference))]
+    if all(d is not None for d in dirs):
+        out["directions"] = _direction_difference(*dirs)
     print(f"surfaces: {out['points_below_vmax']} of {out['points']} points below vmax={vmax:g}: max |adaptive - full| "
           f"{out['max_err_below_vmax']:.4g} (T = {tol}); +-2 SE covers {out['coverage_2se_below_vmax']:.1%} there, "
           f"{out['coverage_2se_all']:.1%} of all points; forwards {used:,} vs {full:,} ({out['forwards_ratio']:.1f}x)")
@@ -303,7 +319,34 @@ def check_surfaces(args: argparse.Namespace) -> dict:
         print(f"  loss {k}: {b['points']} points, max |err| {b['max_err']:.4g}, coverage {b['coverage_2se']:.1%}")
     if "directions" in out:
         print(f"  directions: {out['directions']}")
+    if args.figure:
+        out["figure"] = [str(p) for p in comparison(ad, ref, args, tol, out)]
+        print("figure: " + ", ".join(out["figure"]))
     return out
+
+
+def comparison(ad, ref, args: argparse.Namespace, tol: float | None, out: dict) -> list[Path]:
+    """Full contour | adaptive contour | |difference| in units of T, where the full loss < vmax."""
+    from matplotlib.figure import Figure
+
+    from landscape.plot import contour, sampling_summary, save_figure
+
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    contour(ref, "train_loss", args.vmin, args.vmax, args.vlevel, ax=fig.add_subplot(1, 3, 1))
+    fig.axes[0].set_title(f"full: {out['forwards_full']:,} forwards")
+    contour(ad, "train_loss", args.vmin, args.vmax, args.vlevel, ax=fig.add_subplot(1, 3, 2))
+    fig.axes[1].set_title(f"adaptive: {out['forwards_used']:,} forwards")
+    ax = fig.add_subplot(1, 3, 3)
+    r = ref.metrics["train_loss"]
+    diff = np.abs(ad.metrics["train_loss"] - r) / (tol or 1.0)
+    shown = np.ma.masked_where(~(ad.done & ref.done) | ~(r < args.vmax), diff)  # (ny, nx)
+    mesh = ax.pcolormesh(ad.x, ad.y, shown, shading="nearest", cmap="magma", vmin=0, vmax=max(1.0, float(shown.max())))
+    fig.colorbar(mesh, ax=ax, label="|adaptive - full| / T" if tol else "|adaptive - full|")
+    ax.set_xlabel("x (direction 1)")
+    ax.set_ylabel("y (direction 2)")
+    ax.set_title(f"max {out['max_err_below_vmax']:.3g}, ±2 SE covers {out['coverage_2se_below_vmax']:.0%} (loss < {args.vmax:g})")
+    fig.suptitle(sampling_summary(ad), fontsize=10)
+    return save_figure(fig, args.figure)
 
 
 @exit_on_error
