@@ -142,6 +142,18 @@ def test_adaptive_job_resumes_bit_for_bit_and_checks_its_settings(digits_ckpt, t
         run_job(job(digits_ckpt, tmp_path / "b", sampling=SamplingPlan(tolerance=0.25, n0=32, vmax=10.0)))
 
 
+def test_adaptive_shards_merge_into_the_whole_surface(digits_ckpt, tmp_path) -> None:
+    from landscape.distributed import Shard
+    from landscape.storage import merge_surfaces
+
+    whole = run_job(job(digits_ckpt, tmp_path / "w")).surface
+    paths = [run_job(job(digits_ckpt, tmp_path / "s", shard=Shard(i, 2))).surf_file for i in range(2)]
+    merged, _ = merge_surfaces(paths)
+    assert merged.done.all()
+    for m in whole.metrics:
+        np.testing.assert_array_equal(merged.metrics[m], whole.metrics[m], err_msg=m)
+
+
 def test_cli_tolerance_defaults_to_a_quarter_of_vlevel(plot_surface) -> None:
     plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "--vlevel", "0.4"])).sampling
     assert plan.tolerance == pytest.approx(0.1) and plan.vmax == 10.0
