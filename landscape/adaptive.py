@@ -49,6 +49,7 @@ class SamplingPlan:
     ess_min: float = 10.0  # (sum l)^2 / sum l^2 of the sample must reach this before its SE is trusted
     max_growth: float = 4.0  # a step at most multiplies n by this
     seed: int = 0  # of the common sample order
+    multilevel: bool = False  # coarse-to-fine control variates (landscape.multilevel)
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not self.tolerance >= 0:
@@ -63,9 +64,14 @@ class SamplingPlan:
             raise LandscapeError(f"ess_min must be >= 0, got {self.ess_min}")
         if not self.max_growth > 1:
             raise LandscapeError(f"max_growth must be > 1, got {self.max_growth}")
+        if self.multilevel and self.tolerance is None:
+            raise LandscapeError("--multilevel needs --tolerance: it refines points until their bound is below it")
 
     def settings(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.multilevel:
+            del out["multilevel"]  # files made before the option still resume
+        return out
 
 
 def mean_se(total: torch.Tensor | list, n: int) -> tuple[float, float]:
@@ -223,7 +229,9 @@ def forwards_used(surf, prefix: str = "train") -> tuple[int, int]:
     if key not in surf.metrics:
         raise LandscapeError(f"the surface has no {key}: it was not computed with --tolerance or --n-samples")
     done = surf.done
-    used = int(np.nansum(surf.metrics[key][done]))
+    # a coarse-to-fine surface also counts the samples parents added to serve as controls
+    cost = f"{prefix}_forwards" if f"{prefix}_forwards" in surf.metrics else key
+    used = int(np.nansum(surf.metrics[cost][done]))
     sizes = surf.attrs.get("n_samples")
     if isinstance(sizes, str):
         sizes = json.loads(sizes)

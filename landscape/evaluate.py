@@ -95,6 +95,28 @@ def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: S
     return torch.stack(rows)
 
 
+def batch_values(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str],
+                 means: set[str] | None = None) -> torch.Tensor:
+    """(len(fns), n) float64: per function, its per-sample values (trailing dimensions averaged;
+    a 0-dim batch mean repeated n times, its name added to `means`)."""
+    rows = []
+    for fn, name in zip(fns, names):
+        v = fn(output, target)
+        if not isinstance(v, torch.Tensor):
+            v = torch.as_tensor(v, dtype=torch.float64)
+        v = v.double()
+        if v.dim() == 0:
+            if means is not None:
+                means.add(name)
+            rows.append(v.expand(n))
+            continue
+        if v.shape[0] != n:
+            raise LandscapeError(f"{name} gave values of shape {tuple(v.shape)} for a batch of {n} samples; "
+                                 f"return one value per sample, shape ({n}, ...), or a 0-dim mean")
+        rows.append(v.reshape(n, -1).mean(dim=1) if v.dim() > 1 else v)
+    return torch.stack(rows)
+
+
 @contextlib.contextmanager
 def eval_mode(device: torch.device, precision: str):
     """inference_mode, the precision's autocast and TF32 setting, for one pass of evaluation."""
@@ -211,6 +233,26 @@ class Evaluator:
                 total += batch_sums(self.model(self.x[i:j]), self.y[i:j], j - i, self._fns, self.metric_names,
                                     self.batch_means)
             return total
+
+
+    def values(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Per-sample values over the samples [start, stop) at the current weights: a float64 tensor
+        (len(metric_names), stop - start) on the data's device (the loss first; 1.0/0.0 for accuracy;
+        a metric that returns a batch mean gives that mean for each sample of the batch). Batches
+        start at `start` and hold `batch_size` samples, as in `sums`."""
+        stop = len(self.x) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.x):
+            raise ValueError(f"sample range [{start}, {stop}) is outside [0, {len(self.x)})")
+        self.model.eval()
+        out = []
+        with eval_mode(self.x.device, self.precision):
+            for i in range(start, stop, self.batch_size):
+                j = min(i + self.batch_size, stop)
+                out.append(batch_values(self.model(self.x[i:j]), self.y[i:j], j - i, self._fns, self.metric_names,
+                                        self.batch_means))
+        if not out:
+            return torch.zeros(len(self._fns), 0, dtype=torch.float64, device=self.x.device)
+        return torch.cat(out, dim=1)
 
 
 @dataclass(frozen=True)

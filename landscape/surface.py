@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
+from landscape.multilevel import MultilevelMeasure
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
@@ -239,6 +240,14 @@ def compute_surface(
             for k, v in (attrs or {}).items():
                 surf.attrs[k] = v
             todo = np.flatnonzero(~surf.done.reshape(-1) & owned)
+            for k, ev in evaluators.items():  # a coarse-to-fine measure: its order, the points already done
+                if hasattr(ev, "point_order"):
+                    if group.world_size > 1:
+                        raise LandscapeError(f"the {k or 'main'} measure evaluates points in dependency order: "
+                                             "it runs in one process")
+                    done = surf.done.reshape(-1)
+                    ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done)
+                    todo = ev.point_order(todo)
             if max_points is not None:
                 todo = todo[:max_points]
         except BaseException as e:
@@ -605,7 +614,13 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         for ev in evaluators.values():
             if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk
                 ev.batch_size = min(ev.batch_size, job.sampling.n0)
-        measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
+        if job.sampling.multilevel:
+            if group.world_size > 1 or job.shard is not None:
+                raise LandscapeError("--multilevel runs in one process (points depend on coarser ones); "
+                                     "drop torchrun/--shard or --multilevel")
+            measures = {s: MultilevelMeasure(ev, job.sampling, grid, populations[s]) for s, ev in evaluators.items()}
+        else:
+            measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
     attrs = {
         "model": arch, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt.sha256, "dataset": dataset,
         "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},

@@ -181,11 +181,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="points whose mean loss is below --low-loss use at least this many samples: their "
                         "per-sample losses are too skewed for the normal SE at small n (default 2048)")
     a.add_argument("--low-loss", type=float, default=0.1, help="see --n-low (default 0.1)")
+    a.add_argument("--multilevel", action="store_true",
+                   help="with --tolerance: coarse to fine, each finer point uses the interpolation of its coarser "
+                        "neighbours as a control variate (one process; landscape/multilevel.py)")
     return p.parse_args(argv)
 
 
 def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
     """The error-bar / adaptive-sampling settings the flags ask for (None: exact means)."""
+    if args.multilevel and args.tolerance is None:
+        raise LandscapeError("--multilevel needs --tolerance: it refines points until their bound is below it")
     if args.tolerance is None and args.n_samples is None:
         return None
     tol = None
@@ -198,7 +203,7 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
             raise LandscapeError(f"--tolerance must be a number (or given alone for vlevel/4), "
                                  f"got {args.tolerance!r}") from None
     return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax if tol is not None else None,
-                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed)
+                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, multilevel=args.multilevel)
 
 
 def build_job(args: argparse.Namespace) -> SurfaceJob:

@@ -277,12 +277,30 @@ def _beside(dir_file: str | None, surf_path: str) -> str | None:
     return None
 
 
+def _restrict(ref, ad, ad_path: str, ref_path: str):
+    """The reference on the adaptive surface's grid, when that grid is part of the reference's."""
+    def at(sub, full, axis):
+        if sub is None and full is None:
+            return None
+        idx = [np.flatnonzero(np.isclose(full, c, atol=1e-9)) for c in (sub if sub is not None else [])]
+        if full is None or sub is None or any(len(i) != 1 for i in idx):
+            raise LandscapeError(f"{ad_path} is not on the grid of {ref_path} (its {axis} coordinates are not "
+                                 "among the reference's)")
+        return np.array([int(i[0]) for i in idx])
+    ix, iy = at(ad.x, ref.x, "x"), at(ad.y, ref.y, "y")
+    pick = (lambda a: a[np.ix_(iy, ix)]) if iy is not None else (lambda a: a[ix])
+    ref.metrics = {k: pick(v) for k, v in ref.metrics.items()}
+    ref.done = pick(ref.done)
+    ref.x, ref.y = ad.x, ad.y
+    return ref
+
+
 def check_surfaces(args: argparse.Namespace) -> dict:
     from landscape.storage import read_surface
 
     ad, ref = read_surface(args.surface), read_surface(args.reference)
     if ad.shape != ref.shape or not np.allclose(ad.x, ref.x) or (ad.y is not None and not np.allclose(ad.y, ref.y)):
-        raise LandscapeError(f"{args.surface} and {args.reference} are not on the same grid")
+        ref = _restrict(ref, ad, args.surface, args.reference)
     if "train_loss_se" not in ad.metrics:
         raise LandscapeError(f"{args.surface} has no train_loss_se: compute it with --tolerance")
     vmax = args.vmax

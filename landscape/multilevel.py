@@ -1,0 +1,294 @@
+"""Coarse-to-fine adaptive sampling: a point's coarser neighbours serve as its control variate.
+
+With common random numbers (every point reads the data in one seeded order), the per-sample
+losses of neighbouring grid points are almost the same: on CIFAR-10 ResNet-56 (51x51 grid over
+[-1, 1]^2) the per-sample loss ell_p correlates at 0.98-0.99 with a neighbour one step away, and
+ell_p - (ell_a + ell_b) / 2, for the neighbours a, b on either side, has 200-850x less variance
+than ell_p (30-100x at two steps; BENCHMARKS.md). So a point p whose bracketing coarser points
+a, b are known precisely is estimated as
+
+    L(p) ~ w_a L(a) + w_b L(b) + mean over the first n samples of (ell_p - w_a ell_a - w_b ell_b)
+
+(w: linear interpolation weights), which needs far fewer samples than mean(ell_p) for the same
+standard error. The grid is split into levels as in a multigrid: level 0 holds the indices that
+are multiples of a coarsest stride S (and the last index) along each axis, level k those that
+are multiples of S / 2^k. Level-0 points are estimated directly; a finer point is interpolated
+along an axis whose index is new at its level from the nearest coarser points on that axis (a
+point new along both axes uses the points of its own level new along y only, done first).
+
+Every estimate is a linear combination of prefix means, sum_t c_t mean_{[0, n_t)}(ell_{u_t}),
+of per-sample values read in the one common order. For nested prefixes of one random order,
+Cov(mean_{n} X, mean_{m} Y) = Cov(X, Y) / max(n, m), so the estimate's variance is
+sum_{s,t} c_s c_t Cov(ell_{u_s}, ell_{u_t}) / max(n_s, n_t), each covariance taken over the
+common prefix (no finite-population factor, as in `landscape.adaptive`). Level k of levels 0..L
+aims at a bound z * SE <= T * sqrt(level_share(k, L)) (shares of the variance budget falling by
+0.7 per level), so the finest points reach T with their ancestors' error included. A point whose parents' bound
+sum_i w_i z SE_i is not below its level's tolerance (parents stopped above vmax, say) is
+estimated directly, as is any point that uses the whole set (exact, SE 0). The stopping rules of
+`landscape.adaptive.estimate` apply unchanged (tolerance, vmax, low-loss, effective sample size).
+
+Points are evaluated level by level in one process; per-sample values are kept for points that
+have children. On a resumed run the ancestors' per-sample values are recomputed (the same
+batches, so the same values): a resumed run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from landscape.adaptive import Estimate, SamplingPlan, _needed, _round_up, mean_se
+from landscape.errors import LandscapeError
+
+
+def coarsest_stride(m: int, min_points: int = 5) -> int:
+    """The largest power of 2, S, that leaves at least `min_points` level-0 indices on an axis of m."""
+    s = 1
+    while (m - 1) // (2 * s) >= min_points - 1:
+        s *= 2
+    return s
+
+
+def axis_levels(m: int, stride: int) -> np.ndarray:
+    """Per index of an axis of m: 0 for multiples of `stride` and the last index, else k for
+    multiples of stride / 2^k."""
+    levels = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        if i % stride == 0 or i == m - 1:
+            continue
+        s, k = stride, 0
+        while i % s:
+            s //= 2
+            k += 1
+        levels[i] = k
+    return levels
+
+
+SHARE_RATIO = 0.7  # level k's share of the variance budget is proportional to SHARE_RATIO^k
+
+
+def level_share(level: int, depth: int) -> float:
+    """The fraction of the squared tolerance a point of `level` (of 0..depth) may use, its
+    ancestors' error included: the partial sum of shares proportional to SHARE_RATIO^k. The
+    cost of level k is (its points) x (per-sample spread of its residual)^2 / (its share); on
+    CIFAR-10 ResNet-56 the square root of that falls by about 0.6-0.75 per level (4x the points,
+    2.5-3x less spread), which this ratio follows (equal shares would cost ~15 % more)."""
+    shares = SHARE_RATIO ** np.arange(depth + 1)
+    return float(shares[:level + 1].sum() / shares.sum())
+
+
+class Hierarchy:
+    """Levels and interpolation parents of every point of a grid of `shape` ((nx,) or (ny, nx),
+    flat index iy * nx + ix)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(int(m) for m in shape)
+        if len(self.shape) not in (1, 2):
+            raise ValueError(f"a 1-D or 2-D grid is needed, got shape {shape}")
+        sizes = self.shape[::-1]  # (nx,) or (nx, ny)
+        self.stride = min(coarsest_stride(m) for m in sizes)
+        self.depth = int(round(math.log2(self.stride)))  # levels 0..depth
+        lv = [axis_levels(m, self.stride) for m in sizes]
+        size = int(np.prod(self.shape))
+        nx = sizes[0]
+        self.level = np.zeros(size, dtype=np.int64)
+        self.stage = np.zeros(size, dtype=np.int64)
+        self.parents: list[list[tuple[int, float]]] = [[] for _ in range(size)]
+        for p in range(size):
+            idx = (p % nx,) if len(sizes) == 1 else (p % nx, p // nx)  # (ix, iy)
+            pl = [int(lv[a][i]) for a, i in enumerate(idx)]
+            lev = max(pl)
+            self.level[p] = lev
+            if lev == 0:
+                continue
+            new = [a for a in range(len(idx)) if pl[a] == lev]
+            self.stage[p] = len(new) - 1  # a point new along both axes comes after those new along one
+            axis = new[0]  # along x when both are new: its x-neighbours are new along y only
+            i = idx[axis]
+            below = np.flatnonzero(lv[axis] < lev)
+            lo, hi = int(below[below < i].max()), int(below[below > i].min())
+            for j, w in ((lo, (hi - i) / (hi - lo)), (hi, (i - lo) / (hi - lo))):
+                q = list(idx)
+                q[axis] = j
+                self.parents[p].append((q[0] if len(q) == 1 else q[1] * nx + q[0], w))
+        self.children = np.zeros(size, dtype=np.int64)
+        for ps in self.parents:
+            for q, _ in ps:
+                self.children[q] += 1
+
+    def order(self, indices: np.ndarray) -> np.ndarray:
+        """`indices` sorted coarse to fine: by level, then stage, then flat index."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return indices[np.lexsort((indices, self.stage[indices], self.level[indices]))]
+
+
+class MultilevelMeasure:
+    """A measure for `compute_surface` like `adaptive.SampledMeasure`, with the coarse-to-fine
+    control variate of this module. It moves the model itself (`block`), orders the points
+    (`point_order`), and reads the points already in the file on a resumed run (`resume`)."""
+
+    points_per_pass = 1
+
+    def __init__(self, evaluator, plan: SamplingPlan, grid, population: int | None = None):
+        if evaluator.metric_names[0] != "loss":
+            raise ValueError(f"the evaluator's first metric must be the loss, got {evaluator.metric_names}")
+        if plan.tolerance is None:
+            raise LandscapeError("coarse-to-fine sampling needs a tolerance (--tolerance)")
+        self.evaluator = evaluator
+        self.plan = plan
+        self.population = population
+        self.size = len(evaluator)
+        self.batch = evaluator.batch_size
+        self.points = grid.points()
+        self.lookup = {tuple(float(c) for c in pt): i for i, pt in enumerate(self.points)}
+        self.h = Hierarchy(grid.shape)
+        # n: the point's own samples; forwards: what evaluating it cost (its samples and the
+        # samples its parents had to add to serve as its control)
+        self.metric_names = tuple(x for m in evaluator.metric_names for x in (m, f"{m}_se")) + ("n", "forwards")
+        self.forwards = 0
+        self.cache: dict[int, np.ndarray] = {}  # point -> (n_metrics, length) per-sample values
+        self.terms: dict[int, dict[tuple[int, int], float]] = {}  # point -> {(point, n): coefficient}
+        self.se: dict[int, float] = {}  # point -> its loss SE
+        self.at: int | None = None  # the point the model is at
+        self.last: Estimate | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    # -- compute_surface hooks
+    def point_order(self, indices: np.ndarray) -> np.ndarray:
+        return self.h.order(indices)
+
+    def resume(self, values: Mapping[str, np.ndarray], done: np.ndarray) -> None:
+        """Take the points done in the file (their n and loss SE) as parents."""
+        for p in self.h.order(np.flatnonzero(done)):
+            p = int(p)
+            n = int(values["n"][p])
+            self.se[p] = float(values["loss_se"][p])
+            self.terms[p] = self._terms(p, n, self._use_control(p, n))
+
+    def block(self, setter, coords: np.ndarray) -> list[tuple[float, ...]]:
+        try:
+            return [self._point(setter, self.lookup[tuple(float(c) for c in pt)]) for pt in coords]
+        finally:
+            self.at = None  # compute_surface may move the model between blocks
+
+    # -- one point
+    def _tolerance(self, p: int) -> float:
+        return self.plan.tolerance * math.sqrt(level_share(int(self.h.level[p]), self.h.depth))
+
+    def _use_control(self, p: int, n: int) -> bool:
+        parents = self.h.parents[p]
+        if not parents or n >= self.size or any(q not in self.terms for q, _ in parents):
+            return False
+        bound = sum(w * self.plan.z * self.se[q] for q, w in parents)
+        return math.isfinite(bound) and bound < self._tolerance(p)
+
+    def _terms(self, p: int, n: int, control: bool, own: bool = True) -> dict[tuple[int, int], float]:
+        """The estimate of p at n samples as {(point, n): coefficient}; `own=False`: the parents'
+        interpolation alone."""
+        terms = {(p, n): 1.0} if own else {}
+        if control:
+            for q, w in self.h.parents[p]:
+                for key, c in self.terms[q].items():
+                    terms[key] = terms.get(key, 0.0) + w * c
+                if own:
+                    terms[(q, n)] = terms.get((q, n), 0.0) - w
+        return {k: c for k, c in terms.items() if c != 0.0}
+
+    def _values(self, setter, u: int, length: int) -> np.ndarray:
+        """The per-sample values of point u over [0, length), computed in whole aligned batches."""
+        have = self.cache.get(u)
+        done = 0 if have is None else have.shape[1]
+        if done < length:
+            if self.at != u:
+                setter.set(self.points[u])
+                self.at = u
+            new = self.evaluator.values(done, length).cpu().numpy()
+            self.forwards += length - done
+            have = new if have is None else np.concatenate([have, new], axis=1)
+            self.cache[u] = have
+        return have
+
+    def _stats(self, setter, terms: dict[tuple[int, int], float], exact: bool):
+        """Per metric (mean, SE) of the linear combination `terms`."""
+        keys = list(terms)
+        c = np.array([terms[k] for k in keys])
+        ns = np.array([n for _, n in keys])
+        vals = {u: self._values(setter, u, max(n for v, n in keys if v == u)) for u in {u for u, _ in keys}}
+        n_metrics = next(iter(vals.values())).shape[0]
+        means = [float(sum(ci * vals[u][k, :n].sum() / n for ci, (u, n) in zip(c, keys))) for k in range(n_metrics)]
+        if exact:
+            return means, [0.0] * n_metrics
+        var = np.zeros(n_metrics)
+        lo, hi = np.minimum.outer(ns, ns), np.maximum.outer(ns, ns)
+        cc = np.outer(c, c) / hi
+        for m in np.unique(ns):
+            if m < 2:
+                return means, [math.nan] * n_metrics
+            pairs = lo == m
+            rows = [i for i in range(len(keys)) if ns[i] >= m]
+            units = sorted({keys[i][0] for i in rows})
+            pos = {u: j for j, u in enumerate(units)}
+            for k in range(n_metrics):
+                x = np.stack([vals[u][k, :m] for u in units])
+                cov = np.atleast_2d(np.cov(x, ddof=1))
+                sel = np.ix_(rows, rows)
+                ui = np.array([pos[keys[i][0]] for i in rows])
+                var[k] += float((cc[sel] * cov[np.ix_(ui, ui)] * pairs[sel]).sum())
+        return means, [math.sqrt(max(v, 0.0)) for v in var]
+
+    def _point(self, setter, p: int) -> tuple[float, ...]:
+        plan, size = self.plan, self.size
+        tol = self._tolerance(p)
+        start = self.forwards
+        v_anc = None
+        n = min(size, _round_up(plan.n0, self.batch))
+        steps = []
+        while True:
+            exact = n >= size and self.population in (None, size)
+            control = self._use_control(p, n)
+            terms = self._terms(p, n, control)
+            means, ses = self._stats(setter, terms, exact)
+            if n >= size and not exact:  # the whole subset of a larger set: direct s / sqrt(n)
+                own = self.cache[p][:, :n]
+                ses = [mean_se([row.sum(), np.square(row).sum()], n)[1] for row in own]
+            loss, loss_se = means[0], ses[0]
+            steps.append((n, loss, loss_se))
+            if n >= size:
+                break
+            bound = plan.z * loss_se
+            own = self.cache[p][0, :n]
+            s, q = float(own.sum()), float(np.square(own).sum())
+            if loss < plan.low_loss and n < plan.n_low:
+                want = plan.n_low
+            elif q > 0 and s * s / q < plan.ess_min:
+                want = 2 * n
+            elif bound <= tol:
+                break
+            elif plan.vmax is not None and loss - bound > plan.vmax:
+                break
+            elif control:
+                if v_anc is None:  # the parents' part: fixed while n grows
+                    v_anc = self._stats(setter, self._terms(p, n, True, own=False), False)[1][0] ** 2
+                want = self._needed_control(n, loss_se, v_anc, tol)
+            else:
+                want = _needed(n, loss_se, SamplingPlan(tolerance=tol, z=plan.z, max_growth=plan.max_growth), size)
+            n = min(size, _round_up(max(want, n + 1), self.batch))
+        self.terms[p] = terms
+        self.se[p] = loss_se
+        if self.h.children[p] == 0:
+            self.cache.pop(p, None)  # nobody interpolates from it
+        self.last = Estimate(means, ses, n, steps)
+        return tuple(x for m, e in zip(means, ses) for x in (m, e)) + (float(n), float(self.forwards - start))
+
+    def _needed_control(self, n: int, se: float, v_anc: float, tol: float) -> float:
+        """Samples for the bound to reach `tol` if the parents' part of the variance stays and the
+        rest shrinks as 1/n."""
+        v_all = se * se
+        target = (tol / self.plan.z) ** 2
+        if not (math.isfinite(v_all) and math.isfinite(v_anc)) or v_anc >= target or v_all <= v_anc:
+            return self.plan.max_growth * n
+        return min(1.1 * (v_all - v_anc) * n / (target - v_anc), self.plan.max_growth * n)

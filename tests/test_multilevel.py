@@ -1,0 +1,198 @@
+"""Coarse-to-fine adaptive sampling (landscape/multilevel.py): levels, the control-variate
+estimate and its standard error on per-sample losses known in closed form, and the job."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from landscape.adaptive import SamplingPlan, forwards_used
+from landscape.errors import LandscapeError
+from landscape.evaluate import Evaluator, PointSetter
+from landscape.grid import Axis, Grid
+from landscape.multilevel import Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride, level_share
+from landscape.surface import SurfaceJob, run_job
+
+
+class Poly(nn.Module):
+    """Per-sample loss x0 + s x1 + t x2 + s^2 x3 (the first output column): at grid point
+    (s, t) = (cx, cy) each sample's loss is known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.t = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return (x[:, 0] + self.s * x[:, 1] + self.t * x[:, 2] + self.s ** 2 * x[:, 3])[:, None].expand(-1, 2)
+
+
+def first_column(output, target):
+    return output[:, 0]
+
+
+def poly_set(n, curvature=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, dtype=torch.float64, generator=g)
+    x[:, 0] = 5 + 3 * x[:, 0].abs()
+    x[:, 3] *= curvature
+    return x, torch.zeros(n, dtype=torch.long)
+
+
+def measure(x, y, grid, plan, batch=16):
+    model = Poly()
+    ev = Evaluator(model, x, y, loss_fn=first_column, batch_size=batch)
+    dirs = [[torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)],
+            [torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)]][:grid.ndim]
+    setter = PointSetter([model.s, model.t], dirs)
+    return MultilevelMeasure(ev, plan, grid), setter
+
+
+def run_all(m, setter, grid):
+    """Every point coarse to fine; rows keyed by flat index."""
+    pts = grid.points()
+    rows = {}
+    for p in m.point_order(np.arange(grid.size)):
+        rows[int(p)] = m.block(setter, pts[[p]])[0]
+    return rows
+
+
+def test_levels_and_parents_of_a_51_point_axis_and_a_grid() -> None:
+    assert coarsest_stride(51) == 8 and coarsest_stride(25) == 4 and coarsest_stride(5) == 1
+    lv = axis_levels(51, 8)
+    assert set(np.flatnonzero(lv == 0)) == {0, 8, 16, 24, 32, 40, 48, 50}
+    assert lv[4] == 1 and lv[2] == 2 and lv[49] == 3 and lv[1] == 3
+    h = Hierarchy((25, 51))  # (ny, nx): the common stride is the smaller axis's, 4
+    assert h.stride == 4 and h.depth == 2
+    order = list(h.order(np.arange(25 * 51)))
+    rank = {p: i for i, p in enumerate(order)}
+    for p in range(25 * 51):
+        ws = [w for _, w in h.parents[p]]
+        assert (len(ws) == 0) == (h.level[p] == 0)
+        if ws:
+            assert sum(ws) == pytest.approx(1.0) and min(ws) > 0
+        for q, _ in h.parents[p]:
+            assert rank[q] < rank[p]  # parents are done first
+            assert h.level[q] < h.level[p] or (h.level[q] == h.level[p] and h.stage[q] < h.stage[p])
+    # point (ix=49, iy=0) sits between the level-0 indices 48 and 50 along x
+    assert sorted(h.parents[49]) == [(48, 0.5), (50, 0.5)]
+
+
+def test_a_fine_point_is_its_parents_interpolation_plus_the_residual_with_the_closed_form_se() -> None:
+    """Losses linear in the coordinates: the residual is exactly 0, so a finer point is the
+    interpolation of its parents' estimates and its SE is that of their combination, which is
+    computed here by hand from the known per-sample values."""
+    x, y = poly_set(4000)
+    grid = Grid(Axis(-1, 1, 17), None)
+    plan = SamplingPlan(tolerance=0.2, n0=32, low_loss=0.0)
+    m, setter = measure(x, y, grid, plan)
+    rows = run_all(m, setter, grid)
+    h, pts = m.h, grid.points()
+    assert list(np.flatnonzero(h.level == 0)) == [0, 4, 8, 12, 16] and h.depth == 2
+    loss = lambda i, n: (x[:n, 0] + pts[i, 0] * x[:n, 1]).numpy()  # noqa: E731
+    for p in range(17):
+        n = int(rows[p][4])
+        if h.level[p] == 0:
+            v = loss(p, n)
+            assert rows[p][0] == pytest.approx(v.mean(), rel=1e-12)
+            assert rows[p][1] == pytest.approx(v.std(ddof=1) / math.sqrt(n), rel=1e-9)
+            assert 2 * rows[p][1] <= plan.tolerance * math.sqrt(level_share(0, 2)) + 1e-12
+            continue
+        assert n == 32  # the residual has no spread: the first chunk is enough
+        (a, wa), (b, wb) = h.parents[p]
+        assert rows[p][0] == pytest.approx(wa * rows[a][0] + wb * rows[b][0], rel=1e-12)
+    # SE of the level-1 point between 0 and 4 (= (L0 + L4) / 2), by hand
+    p = 2
+    na, nb = int(rows[0][4]), int(rows[4][4])
+    va, vb = loss(0, max(na, nb)), loss(4, max(na, nb))
+    k = min(na, nb)
+    cov = np.cov(va[:k], vb[:k], ddof=1)[0, 1]
+    var = 0.25 * (va[:na].var(ddof=1) / na + vb[:nb].var(ddof=1) / nb + 2 * cov / max(na, nb))
+    assert rows[p][1] == pytest.approx(math.sqrt(var), rel=1e-9)
+    assert 2 * rows[p][1] <= plan.tolerance * math.sqrt(level_share(1, 2)) + 1e-12
+
+
+def test_the_reported_se_matches_the_spread_over_random_orders() -> None:
+    """A curved 2-D surface: over 150 random sample orders, the RMS error of each point's
+    estimate against its exact mean agrees with the SE the estimate reports (ratio 0.8-1.25),
+    and +-2 SE covers at least 90 % of the estimates."""
+    n_all = 3000
+    x0, y = poly_set(n_all, curvature=2.0, seed=1)
+    grid = Grid(Axis(-1, 1, 9), Axis(-1, 1, 9))
+    pts = grid.points()
+    exact = np.array([(x0[:, 0] + s * x0[:, 1] + t * x0[:, 2] + s * s * x0[:, 3]).mean().item() for s, t in pts])
+    plan = SamplingPlan(tolerance=0.3, n0=32, low_loss=0.0)
+    errs, ses = [], []
+    for seed in range(150):
+        order = torch.randperm(n_all, generator=torch.Generator().manual_seed(100 + seed))
+        m, setter = measure(x0[order], y, grid, plan)
+        rows = run_all(m, setter, grid)
+        errs.append([rows[p][0] - exact[p] for p in range(grid.size)])
+        ses.append([rows[p][1] for p in range(grid.size)])
+    errs, ses = np.array(errs), np.array(ses)
+    ratio = np.sqrt((errs ** 2).mean(axis=0)) / np.sqrt((ses ** 2).mean(axis=0))
+    assert 0.8 < np.median(ratio) < 1.25 and ratio.max() < 1.5, ratio
+    covered = (np.abs(errs) <= 2 * ses).mean(axis=0)
+    assert covered.min() >= 0.9, covered
+    assert np.abs(errs).max() < 2 * plan.tolerance
+
+
+def test_on_a_fine_grid_the_control_variate_saves_most_forwards() -> None:
+    """33x33 points: the direct rule needs (2 sd / T)^2 samples at every point; coarse to fine
+    spends them on the 9x9 level-0 points and little elsewhere."""
+    x, y = poly_set(20000, curvature=2.0, seed=2)
+    grid = Grid(Axis(-1, 1, 33), Axis(-1, 1, 33))
+    m, setter = measure(x, y, grid, SamplingPlan(tolerance=0.3, n0=32, low_loss=0.0), batch=32)
+    rows = run_all(m, setter, grid)
+    pts = grid.points()
+    per = [(x[:, 0] + s * x[:, 1] + t * x[:, 2] + s * s * x[:, 3]) for s, t in pts]
+    direct = sum((2 * v.std().item() / 0.3) ** 2 for v in per)
+    assert m.forwards < direct / 3, (m.forwards, direct)
+    err = np.array([abs(rows[p][0] - per[p].mean().item()) for p in range(grid.size)])
+    assert (err <= 2 * np.array([rows[p][1] for p in range(grid.size)])).mean() > 0.9
+
+
+def test_tolerance_zero_uses_the_whole_set_and_equals_the_exact_means() -> None:
+    x, y = poly_set(200, curvature=1.0)
+    grid = Grid(Axis(-1, 1, 5), Axis(-1, 1, 5))
+    m, setter = measure(x, y, grid, SamplingPlan(tolerance=0.0, n0=32, low_loss=0.0))
+    rows = run_all(m, setter, grid)
+    for p, (s, t) in enumerate(grid.points()):
+        exact = (x[:, 0] + s * x[:, 1] + t * x[:, 2] + s * s * x[:, 3]).mean().item()
+        assert rows[p][4] == 200 and rows[p][1] == 0.0
+        assert rows[p][0] == pytest.approx(exact, rel=1e-13)
+
+
+def job(ckpt, out, **kw) -> SurfaceJob:
+    kw.setdefault("sampling", SamplingPlan(tolerance=0.3, n0=32, vmax=10.0, multilevel=True))
+    return SurfaceJob(ckpt=str(ckpt), n_samples=256, device="cpu", x=Axis(-1, 1, 9), y=Axis(-1, 1, 5),
+                      out=str(out), progress=False, **kw)
+
+
+def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt, tmp_path) -> None:
+    whole = run_job(job(digits_ckpt, tmp_path / "a")).surface
+    assert {"train_loss_se", "train_n", "train_forwards"} <= set(whole.metrics) and whole.done.all()
+    assert whole.settings["sampling"]["multilevel"] is True
+    run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
+    resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
+    for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n"):
+        np.testing.assert_array_equal(resumed.metrics[m], whole.metrics[m], err_msg=m)
+    used, full = forwards_used(whole)
+    assert used == whole.metrics["train_forwards"].sum() >= whole.metrics["train_n"].sum()
+    assert full == 45 * 256
+    # the same grid without the control variate: the plain adaptive file is not resumed by it
+    with pytest.raises(LandscapeError, match="other settings"):
+        run_job(job(digits_ckpt, tmp_path / "b", sampling=SamplingPlan(tolerance=0.3, n0=32, vmax=10.0)))
+
+
+def test_multilevel_refuses_shards_and_a_missing_tolerance(digits_ckpt, tmp_path, plot_surface) -> None:
+    from landscape.distributed import Shard
+
+    with pytest.raises(LandscapeError, match="one process"):
+        run_job(job(digits_ckpt, tmp_path / "s", shard=Shard(0, 2)))
+    with pytest.raises(LandscapeError, match="--multilevel needs --tolerance"):
+        plot_surface.build_job(plot_surface.parse_args(["--multilevel"]))
+    plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "0.2", "--multilevel"])).sampling
+    assert plan.multilevel and plan.tolerance == 0.2
