@@ -35,6 +35,7 @@ from landscape.errors import LandscapeError  # noqa: E402
 _LAZY = {
     "compute_surface": ("landscape.api", "compute_surface"),
     "Axis": ("landscape.grid", "Axis"),
+    "SamplingPlan": ("landscape.adaptive", "SamplingPlan"),
     "Surface": ("landscape.storage", "Surface"),
     "read_surface": ("landscape.storage", "read_surface"),
     "directions": ("landscape.directions", None),

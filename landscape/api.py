@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from landscape import surface as _surface
+from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
 from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
@@ -31,6 +32,7 @@ from landscape.errors import LandscapeError
 from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn,
                                 check_metrics, cross_entropy, prepare_engine)
 from landscape.grid import Axis, Grid
+from landscape.multilevel import MultilevelMeasure
 from landscape.storage import Surface
 from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch
 
@@ -184,6 +186,7 @@ def compute_surface(
     flush_seconds: float = 5.0,
     notes: list[str] | None = None,
     group: Group | None = None,
+    sampling: SamplingPlan | None = None,
 ) -> Surface | None:
     """The loss surface of `model` around its current weights on `data`; written to `out` (and resumed
     from it: a rerun with the same settings computes only the points that are missing).
@@ -205,6 +208,9 @@ def compute_surface(
             than `memory_budget` bytes or is a DataLoader/iterable).
         group: the ranks of a torchrun/srun job (`landscape.distributed`): they share the points,
             rank 0 alone writes; the values are the same bit for bit as with one process.
+        sampling: error bars and adaptive sampling (`landscape.adaptive.SamplingPlan`, e.g.
+            `SamplingPlan(tolerance=0.125, vmax=10)`, `multilevel=True` for coarse to fine): the
+            file gets `<split>_loss_se`, `<split>_<metric>_se` and `<split>_n`. Resident data only.
     Returns:
         the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y); None on ranks other than 0.
     """
@@ -229,10 +235,18 @@ def compute_surface(
                                               [dirs.x, dirs.y][:grid.ndim], engine)
     if notes is not None and has_bn:
         notes += more  # whether BatchNorm was folded
+    if sampling is not None:
+        prepared = {s: _in_sample_order(s, p, sampling) for s, p in prepared.items()}
     measures: dict[str, Any] = {
         s: (Evaluator(eval_model, p.x, p.y, loss, engine.batch_size, precision, metrics) if p.mode == "resident"
             else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass))
         for s, p in prepared.items()}
+    if sampling is not None:
+        for ev in measures.values():
+            if batch_size is None:  # a point grows in whole batches: none larger than the first chunk
+                ev.batch_size = min(ev.batch_size, sampling.n0)
+        measures = {s: (MultilevelMeasure(ev, sampling, grid) if sampling.multilevel else SampledMeasure(ev, sampling))
+                    for s, ev in measures.items()}
 
     tmp = None
     if out is None:
@@ -248,6 +262,8 @@ def compute_surface(
         "directions_sha256": dirs.fingerprint(), "dir_type": dir_type, "x": x.spec(),
         "y": y.spec() if y is not None else None, "precision": precision,
     }
+    if sampling is not None:
+        settings["sampling"] = sampling.settings()
     attrs = {"model": type(model).__name__, "loss_name": _name(loss), "splits": ",".join(prepared),
              "evaluation": {s: p.mode for s, p in prepared.items()}, "directions": dirs.attrs, "device": str(device),
              "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1
@@ -274,6 +290,18 @@ def compute_surface(
     if tmp is not None and surf is not None:
         surf.dir_file = None  # the temporary folder is gone
     return surf
+
+
+def _in_sample_order(split: str, p: PreparedData, sampling: SamplingPlan) -> PreparedData:
+    """Resident data permuted into the common random order of adaptive sampling (with a
+    tolerance; a fixed sample with error bars keeps the given order)."""
+    if p.mode != "resident" or not isinstance(p.x, torch.Tensor) or not isinstance(p.y, torch.Tensor):
+        raise LandscapeError(f"sampling needs the {split} data resident as tensors (x, y); it is {p.description}: "
+                             "pass tensors within the memory budget, or drop sampling")
+    if sampling.tolerance is None:
+        return p
+    order = sample_order(len(p.y), sampling.seed).to(p.x.device)
+    return PreparedData("resident", p.x[order], p.y[order], description=p.description, fingerprint=p.fingerprint)
 
 
 def directions_path(out: str | os.PathLike) -> Path:

@@ -116,3 +116,27 @@ def test_bad_api_inputs_are_one_line_errors() -> None:
 def test_help_describes_the_api() -> None:
     assert "compute_surface" in ll.__doc__ and "metrics" in ll.compute_surface.__doc__
     assert ll.plot.contour is not None and ll.Axis(-1, 1, 3).num == 3
+
+
+def test_api_sampling_equals_the_cli_and_refuses_streamed_data(plot_surface, digits_ckpt: Path, tmp_path: Path) -> None:
+    """`sampling=` gives the CLI's adaptive (and coarse-to-fine) surface bit for bit."""
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    d = load_dataset("digits", "train", n_samples=128, seed=0)
+    data = (DEFAULT_NORMALIZATION["digits"].apply(d.x), d.y)
+    for extra, multilevel in (([], False), (["--multilevel"], True)):
+        cli_file = tmp_path / f"cli{multilevel}.h5"
+        argv = ["--ckpt", str(digits_ckpt), "--x=-1:1:5", "--y=-1:1:3", "--n-samples", "128", "--tolerance", "0.4",
+                "--n0", "32", "--out", str(tmp_path), "--surf_file", str(cli_file), "--no-progress", *extra]
+        assert plot_surface.main(argv) == 0
+        cli = read_surface(cli_file)
+        plan = ll.SamplingPlan(tolerance=0.4, n0=32, vmax=10.0, multilevel=multilevel)
+        api = ll.compute_surface(model, data, metrics={"acc": ll.metrics.accuracy}, x=ll.Axis(-1, 1, 5),
+                                 y=ll.Axis(-1, 1, 3), out=tmp_path / f"api{multilevel}.h5", progress=False,
+                                 sampling=plan)
+        assert api.settings["sampling"]["tolerance"] == 0.4
+        for m in cli.metrics:
+            assert np.array_equal(api.metrics[m], cli.metrics[m]), (multilevel, m)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=32)
+    with pytest.raises(LandscapeError, match="sampling needs the train data resident"):
+        ll.compute_surface(model, loader, x=ll.Axis(-1, 1, 3), y=None, progress=False,
+                           sampling=ll.SamplingPlan(tolerance=0.4))
