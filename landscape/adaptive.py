@@ -33,6 +33,9 @@ import torch
 
 from landscape.errors import LandscapeError
 
+# how landscape.multilevel builds its estimates (part of a coarse-to-fine file's settings)
+MULTILEVEL_SCHEME = {"interpolation": "cubic", "level_shares": "equal"}
+
 SumsFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> (n_metrics, 2) float64 (sum, sum of squares)
 
 
@@ -69,7 +72,9 @@ class SamplingPlan:
 
     def settings(self) -> dict:
         out = asdict(self)
-        if not self.multilevel:
+        if self.multilevel:
+            out["multilevel"] = dict(MULTILEVEL_SCHEME)  # a file made by another scheme is not resumed
+        else:
             del out["multilevel"]  # files made before the option still resume
         return out
 

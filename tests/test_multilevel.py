@@ -72,12 +72,17 @@ def test_levels_and_parents_of_a_51_point_axis_and_a_grid() -> None:
         ws = [w for _, w in h.parents[p]]
         assert (len(ws) == 0) == (h.level[p] == 0)
         if ws:
-            assert sum(ws) == pytest.approx(1.0) and min(ws) > 0
+            assert sum(ws) == pytest.approx(1.0)
+            assert len(ws) == 2 and min(ws) > 0 or ws == [-1 / 16, 9 / 16, 9 / 16, -1 / 16]  # linear or cubic
         for q, _ in h.parents[p]:
             assert rank[q] < rank[p]  # parents are done first
             assert h.level[q] < h.level[p] or (h.level[q] == h.level[p] and h.stage[q] < h.stage[p])
-    # point (ix=49, iy=0) sits between the level-0 indices 48 and 50 along x
+    # point (ix=49, iy=0) sits between the level-0 indices 48 and 50 along x (no room for a cubic)
     assert sorted(h.parents[49]) == [(48, 0.5), (50, 0.5)]
+    # (ix=3, iy=0): the cubic through x = 0, 2, 4, 6; (ix=2, iy=0) at level 1: 2 +- 6 is off the grid
+    assert h.parents[3] == [(0, -1 / 16), (2, 9 / 16), (4, 9 / 16), (6, -1 / 16)]
+    assert sorted(h.parents[2]) == [(0, 0.5), (4, 0.5)]
+    assert Hierarchy((51,), cubic=False).parents[3] == [(2, 0.5), (4, 0.5)]
 
 
 def test_a_fine_point_is_its_parents_interpolation_plus_the_residual_with_the_closed_form_se() -> None:
@@ -101,8 +106,7 @@ def test_a_fine_point_is_its_parents_interpolation_plus_the_residual_with_the_cl
             assert 2 * rows[p][1] <= plan.tolerance * math.sqrt(level_share(0, 2)) + 1e-12
             continue
         assert n == 32  # the residual has no spread: the first chunk is enough
-        (a, wa), (b, wb) = h.parents[p]
-        assert rows[p][0] == pytest.approx(wa * rows[a][0] + wb * rows[b][0], rel=1e-12)
+        assert rows[p][0] == pytest.approx(sum(w * rows[q][0] for q, w in h.parents[p]), rel=1e-12)
     # SE of the level-1 point between 0 and 4 (= (L0 + L4) / 2), by hand
     p = 2
     na, nb = int(rows[0][4]), int(rows[4][4])
@@ -174,7 +178,7 @@ def job(ckpt, out, **kw) -> SurfaceJob:
 def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt, tmp_path) -> None:
     whole = run_job(job(digits_ckpt, tmp_path / "a")).surface
     assert {"train_loss_se", "train_n", "train_forwards"} <= set(whole.metrics) and whole.done.all()
-    assert whole.settings["sampling"]["multilevel"] is True
+    assert whole.settings["sampling"]["multilevel"] == {"interpolation": "cubic", "level_shares": "equal"}
     run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
     resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
     for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n"):
