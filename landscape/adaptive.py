@@ -34,7 +34,7 @@ import torch
 from landscape.errors import LandscapeError
 
 # how landscape.multilevel builds its estimates (part of a coarse-to-fine file's settings)
-MULTILEVEL_SCHEME = {"interpolation": "cubic", "level_shares": "equal"}
+MULTILEVEL_SCHEME = {"interpolation": "cubic", "level_shares": "equal", "control": "when it needs fewer samples"}
 
 SumsFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> (n_metrics, 2) float64 (sum, sum of squares)
 

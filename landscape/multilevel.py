@@ -4,13 +4,14 @@ With common random numbers (every point reads the data in one seeded order), the
 losses of neighbouring grid points are almost the same: on CIFAR-10 ResNet-56 (51x51 grid over
 [-1, 1]^2) the per-sample loss ell_p correlates at 0.98-0.99 with a neighbour one step away, and
 ell_p - (ell_a + ell_b) / 2, for the neighbours a, b on either side, has 200-850x less variance
-than ell_p (30-100x at two steps; BENCHMARKS.md). So a point p whose bracketing coarser points
-a, b are known precisely is estimated as
+than ell_p (30-100x at two steps), and the cubic through four points 1.6-1.8x less again
+(BENCHMARKS.md). So a point p whose coarser neighbours q_i are known precisely is estimated as
 
-    L(p) ~ w_a L(a) + w_b L(b) + mean over the first n samples of (ell_p - w_a ell_a - w_b ell_b)
+    L(p) ~ sum_i w_i L(q_i) + mean over the first n samples of (ell_p - sum_i w_i ell_{q_i})
 
-(w: linear interpolation weights), which needs far fewer samples than mean(ell_p) for the same
-standard error. The grid is split into levels as in a multigrid: level 0 holds the indices that
+(w: the cubic's weights -1/16, 9/16, 9/16, -1/16 through four equally spaced coarser points
+where they exist, else linear interpolation between the two bracketing ones), which needs far
+fewer samples than mean(ell_p) for the same standard error. The grid is split into levels as in a multigrid: level 0 holds the indices that
 are multiples of a coarsest stride S (and the last index) along each axis, level k those that
 are multiples of S / 2^k. Level-0 points are estimated directly; a finer point is interpolated
 along an axis whose index is new at its level from the nearest coarser points on that axis (a
@@ -21,11 +22,14 @@ of per-sample values read in the one common order. For nested prefixes of one ra
 Cov(mean_{n} X, mean_{m} Y) = Cov(X, Y) / max(n, m), so the estimate's variance is
 sum_{s,t} c_s c_t Cov(ell_{u_s}, ell_{u_t}) / max(n_s, n_t), each covariance taken over the
 common prefix (no finite-population factor, as in `landscape.adaptive`). Level k of levels 0..L
-aims at a bound z * SE <= T * sqrt(level_share(k, L)) (shares of the variance budget falling by
-0.7 per level), so the finest points reach T with their ancestors' error included. A point whose parents' bound
-sum_i w_i z SE_i is not below its level's tolerance (parents stopped above vmax, say) is
-estimated directly, as is any point that uses the whole set (exact, SE 0). The stopping rules of
-`landscape.adaptive.estimate` apply unchanged (tolerance, vmax, low-loss, effective sample size).
+aims at a bound z * SE <= T * sqrt((k + 1) / (L + 1)) (an equal share of the variance budget per
+level), so the finest points reach T with their ancestors' error included.
+After its first chunk a point keeps the control only if the bound needs fewer samples with it
+than without (the parents' part of the variance does not shrink as n grows, so a point whose
+parents are imprecise, e.g. stopped above vmax, is better estimated directly); a point that
+uses the whole set is its direct mean (exact, SE 0). The stopping rules of
+`landscape.adaptive.estimate` apply unchanged (tolerance, vmax, low-loss, effective sample size),
+and the file records per point whether the control was used (`<split>_control`).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
 have children. On a resumed run the ancestors' per-sample values are recomputed (the same
@@ -39,7 +43,7 @@ from typing import Mapping
 
 import numpy as np
 
-from landscape.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _needed, _round_up, mean_se
+from landscape.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _round_up, mean_se
 from landscape.errors import LandscapeError
 
 
@@ -146,12 +150,13 @@ class MultilevelMeasure:
         self.lookup = {tuple(float(c) for c in pt): i for i, pt in enumerate(self.points)}
         self.h = Hierarchy(grid.shape, cubic=MULTILEVEL_SCHEME["interpolation"] == "cubic")
         # n: the point's own samples; forwards: what evaluating it cost (its samples and the
-        # samples its parents had to add to serve as its control)
-        self.metric_names = tuple(x for m in evaluator.metric_names for x in (m, f"{m}_se")) + ("n", "forwards")
+        # samples its parents had to add to serve as its control); control: 1 if its estimate
+        # uses the parents' interpolation, 0 if it is the direct mean
+        self.metric_names = (tuple(x for m in evaluator.metric_names for x in (m, f"{m}_se"))
+                             + ("n", "forwards", "control"))
         self.forwards = 0
         self.cache: dict[int, np.ndarray] = {}  # point -> (n_metrics, length) per-sample values
         self.terms: dict[int, dict[tuple[int, int], float]] = {}  # point -> {(point, n): coefficient}
-        self.se: dict[int, float] = {}  # point -> its loss SE
         self.at: int | None = None  # the point the model is at
         self.last: Estimate | None = None
 
@@ -163,12 +168,11 @@ class MultilevelMeasure:
         return self.h.order(indices)
 
     def resume(self, values: Mapping[str, np.ndarray], done: np.ndarray) -> None:
-        """Take the points done in the file (their n and loss SE) as parents."""
+        """Take the points done in the file (their n and whether they used a control) as parents."""
         for p in self.h.order(np.flatnonzero(done)):
             p = int(p)
             n = int(values["n"][p])
-            self.se[p] = float(values["loss_se"][p])
-            self.terms[p] = self._terms(p, n, self._use_control(p, n))
+            self.terms[p] = self._terms(p, n, bool(values["control"][p] > 0.5) and n < self.size)
 
     def block(self, setter, coords: np.ndarray) -> list[tuple[float, ...]]:
         try:
@@ -179,13 +183,6 @@ class MultilevelMeasure:
     # -- one point
     def _tolerance(self, p: int) -> float:
         return self.plan.tolerance * math.sqrt(level_share(int(self.h.level[p]), self.h.depth))
-
-    def _use_control(self, p: int, n: int) -> bool:
-        parents = self.h.parents[p]
-        if not parents or n >= self.size or any(q not in self.terms for q, _ in parents):
-            return False
-        bound = sum(abs(w) * self.plan.z * self.se[q] for q, w in parents)
-        return math.isfinite(bound) and bound < self._tolerance(p)
 
     def _terms(self, p: int, n: int, control: bool, own: bool = True) -> dict[tuple[int, int], float]:
         """The estimate of p at n samples as {(point, n): coefficient}; `own=False`: the parents'
@@ -244,15 +241,28 @@ class MultilevelMeasure:
     def _point(self, setter, p: int) -> tuple[float, ...]:
         plan, size = self.plan, self.size
         tol = self._tolerance(p)
+        target = (tol / plan.z) ** 2  # the variance the bound allows
         start = self.forwards
-        v_anc = None
         n = min(size, _round_up(plan.n0, self.batch))
+        parents = self.h.parents[p]
+        v_anc = math.inf  # the variance of the parents' interpolation: fixed while n grows
+        if parents and n < size and all(q in self.terms for q, _ in parents):
+            v_anc = self._stats(setter, self._terms(p, n, True, own=False), False)[1][0] ** 2
+        control = math.isfinite(v_anc) and v_anc < target  # candidate; settled after the first chunk
+        decided = not control
         steps = []
         while True:
             exact = n >= size and self.population in (None, size)
-            control = self._use_control(p, n)
+            if n >= size:
+                control = False  # the whole set: the direct mean (exact when the set is the population)
             terms = self._terms(p, n, control)
             means, ses = self._stats(setter, terms, exact)
+            if not decided:  # keep the control only if it needs fewer samples than the direct mean
+                direct = {(p, n): 1.0}
+                d_means, d_ses = self._stats(setter, direct, exact)
+                if _predicted(d_ses[0] ** 2, 0.0, n, target) <= _predicted(ses[0] ** 2, v_anc, n, target):
+                    control, terms, means, ses = False, direct, d_means, d_ses
+                decided = True
             if n >= size and not exact:  # the whole subset of a larger set: direct s / sqrt(n)
                 own = self.cache[p][:, :n]
                 ses = [mean_se([row.sum(), np.square(row).sum()], n)[1] for row in own]
@@ -271,25 +281,22 @@ class MultilevelMeasure:
                 break
             elif plan.vmax is not None and loss - bound > plan.vmax:
                 break
-            elif control:
-                if v_anc is None:  # the parents' part: fixed while n grows
-                    v_anc = self._stats(setter, self._terms(p, n, True, own=False), False)[1][0] ** 2
-                want = self._needed_control(n, loss_se, v_anc, tol)
             else:
-                want = _needed(n, loss_se, SamplingPlan(tolerance=tol, z=plan.z, max_growth=plan.max_growth), size)
+                want = min(_predicted(loss_se ** 2, v_anc if control else 0.0, n, target), plan.max_growth * n)
             n = min(size, _round_up(max(want, n + 1), self.batch))
         self.terms[p] = terms
-        self.se[p] = loss_se
         if self.h.children[p] == 0:
             self.cache.pop(p, None)  # nobody interpolates from it
         self.last = Estimate(means, ses, n, steps)
-        return tuple(x for m, e in zip(means, ses) for x in (m, e)) + (float(n), float(self.forwards - start))
+        return (tuple(x for m, e in zip(means, ses) for x in (m, e))
+                + (float(n), float(self.forwards - start), float(control)))
 
-    def _needed_control(self, n: int, se: float, v_anc: float, tol: float) -> float:
-        """Samples for the bound to reach `tol` if the parents' part of the variance stays and the
-        rest shrinks as 1/n."""
-        v_all = se * se
-        target = (tol / self.plan.z) ** 2
-        if not (math.isfinite(v_all) and math.isfinite(v_anc)) or v_anc >= target or v_all <= v_anc:
-            return self.plan.max_growth * n
-        return min(1.1 * (v_all - v_anc) * n / (target - v_anc), self.plan.max_growth * n)
+
+def _predicted(v_all: float, v_fixed: float, n: int, target: float) -> float:
+    """Samples for the variance to reach `target` if the part above `v_fixed` shrinks as 1/n
+    (+10 %); inf when it cannot."""
+    if not (math.isfinite(v_all) and math.isfinite(v_fixed)) or v_fixed >= target:
+        return math.inf
+    if v_all <= v_fixed:
+        return float(n)
+    return 1.1 * (v_all - v_fixed) * n / (target - v_fixed)

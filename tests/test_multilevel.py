@@ -177,8 +177,9 @@ def job(ckpt, out, **kw) -> SurfaceJob:
 
 def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt, tmp_path) -> None:
     whole = run_job(job(digits_ckpt, tmp_path / "a")).surface
-    assert {"train_loss_se", "train_n", "train_forwards"} <= set(whole.metrics) and whole.done.all()
-    assert whole.settings["sampling"]["multilevel"] == {"interpolation": "cubic", "level_shares": "equal"}
+    assert {"train_loss_se", "train_n", "train_forwards", "train_control"} <= set(whole.metrics) and whole.done.all()
+    assert whole.settings["sampling"]["multilevel"] == {"interpolation": "cubic", "level_shares": "equal",
+                                                    "control": "when it needs fewer samples"}
     run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
     resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
     for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n"):
