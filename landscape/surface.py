@@ -242,9 +242,9 @@ def compute_surface(
             todo = np.flatnonzero(~surf.done.reshape(-1) & owned)
             for k, ev in evaluators.items():  # a coarse-to-fine measure: its order, the points already done
                 if hasattr(ev, "point_order"):
-                    if group.world_size > 1:
-                        raise LandscapeError(f"the {k or 'main'} measure evaluates points in dependency order: "
-                                             "it runs in one process")
+                    if group.world_size > 1 or shard is not None:
+                        raise LandscapeError(f"the {k or 'main'} measure (--multilevel) evaluates points in "
+                                             "dependency order: it runs in one process; drop torchrun/--shard")
                     done = surf.done.reshape(-1)
                     ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done)
                     todo = ev.point_order(todo)
@@ -615,9 +615,6 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk
                 ev.batch_size = min(ev.batch_size, job.sampling.n0)
         if job.sampling.multilevel:
-            if group.world_size > 1 or job.shard is not None:
-                raise LandscapeError("--multilevel runs in one process (points depend on coarser ones); "
-                                     "drop torchrun/--shard or --multilevel")
             measures = {s: MultilevelMeasure(ev, job.sampling, grid, populations[s]) for s, ev in evaluators.items()}
         else:
             measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
