@@ -29,8 +29,8 @@ from landscape.directions import (Direction, Directions, DirectionSpec, load_dir
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
 from landscape.errors import LandscapeError
-from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn,
-                                check_metrics, cross_entropy, prepare_engine)
+from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn, check_metrics,
+                                cross_entropy, input_layout, prepare_engine, use_channels_last)
 from landscape.grid import Axis, Grid
 from landscape.multilevel import MultilevelMeasure
 from landscape.storage import Surface
@@ -224,10 +224,14 @@ def compute_surface(
     spec = DirectionSpec(dir_type, norm, ignore)
     device = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
     model.to(device)
-    tensors = target_tensors(model, dir_type)
-    dirs = _directions(model, directions, grid.ndim, seed, spec)
     sources = dict(data) if isinstance(data, Mapping) else {split: data}  # split name -> data
     prepared = {s: prepare_data(d, device, batch_size, stream, memory_budget, num_workers) for s, d in sources.items()}
+    # channels_last (4-D weights and resident images) before the direction tensors are taken:
+    # the conversion replaces parameter storage; the weights' values do not change
+    probe = _probe_inputs(prepared)
+    nhwc = probe is not None and use_channels_last(model, probe.to(device))
+    tensors = target_tensors(model, dir_type)
+    dirs = _directions(model, directions, grid.ndim, seed, spec)
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     engine = EngineOptions(precision, fold_bn and has_bn, compile, batch_size)  # nothing to fold without BN
@@ -238,8 +242,9 @@ def compute_surface(
     if sampling is not None:
         prepared = {s: _in_sample_order(s, p, sampling) for s, p in prepared.items()}
     measures: dict[str, Any] = {
-        s: (Evaluator(eval_model, p.x, p.y, loss, engine.batch_size, precision, metrics) if p.mode == "resident"
-            else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass))
+        s: (Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics)
+            if p.mode == "resident"
+            else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass, nhwc))
         for s, p in prepared.items()}
     if sampling is not None:
         for ev in measures.values():
@@ -290,6 +295,21 @@ def compute_surface(
     if tmp is not None and surf is not None:
         surf.dir_file = None  # the temporary folder is gone
     return surf
+
+
+def _probe_inputs(prepared: Mapping[str, PreparedData]) -> torch.Tensor | None:
+    """Input tensors to choose the memory order from: the first resident set, else the first
+    batch of the first streamed source (None when the inputs are not tensors)."""
+    for p in prepared.values():
+        if p.mode == "resident" and isinstance(p.x, torch.Tensor):
+            return p.x
+    for p in prepared.values():
+        if p.mode == "stream":
+            check_deterministic(p.batches)  # a one-shot iterator must not lose a batch to this peek
+            for batch in p.batches:
+                inputs = split_batch(batch)[0]
+                return inputs if isinstance(inputs, torch.Tensor) else None
+    return None
 
 
 def _in_sample_order(split: str, p: PreparedData, sampling: SamplingPlan) -> PreparedData:

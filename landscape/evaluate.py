@@ -39,10 +39,87 @@ def tf32_mode(device: torch.device, allow: bool):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
-# The fastest CPU batch depends on the model and on the machine's load (BENCHMARKS.md:
-# scripts/benchmark.py --batch-size B); 512 is a middle choice, --batch-size overrides it.
-DEFAULT_BATCH = 512
+# CPU batch size: the largest power of two whose biggest activation tensor holds at most
+# CPU_ACTIVATION_BUDGET elements (4 MiB in fp32, an eighth of this EPYC's L3), within
+# [CPU_BATCH_MIN, CPU_BATCH_MAX]: 64 for 3x32x32 CIFAR ResNets (16x32x32 activations), 256 for
+# 8x8 digits. Measured in BENCHMARKS.md (a batch sweep with scripts/benchmark.py --batch-size B);
+# a batch whose activations overflow the cache was 1.5-2x slower. --batch-size overrides it.
+CPU_ACTIVATION_BUDGET = 2 ** 20
+CPU_BATCH_MIN, CPU_BATCH_MAX = 8, 256
+DEFAULT_BATCH = 256  # when the model cannot be probed, and for streamed DataLoaders
 DEFAULT_BATCH_CUDA = 8192  # halved on out-of-memory until it fits
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module behind torch.compile's wrapper (probing it must not trigger a compilation)."""
+    return getattr(model, "_orig_mod", model)
+
+
+@torch.no_grad()
+def activation_elements(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The element count of the largest tensor a module of `model` outputs for one sample of `x`
+    (a forward pass on x[:1] with hooks), or None when that forward fails."""
+    model = _unwrapped(model)
+    sizes = [x[:1].numel()]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        model(x[:1])
+    except Exception:  # noqa: BLE001 - the caller falls back to a fixed size; real errors surface later
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return max(sizes)
+
+
+def default_batch_size(model: nn.Module, x: torch.Tensor) -> int:
+    """The batch size when none is given: on CUDA DEFAULT_BATCH_CUDA (halved on out-of-memory);
+    on the CPU the cache rule above (see CPU_ACTIVATION_BUDGET). Never more than len(x)."""
+    if x.device.type != "cpu":
+        return max(1, min(len(x), DEFAULT_BATCH_CUDA))
+    per_sample = activation_elements(model, x) if len(x) else None
+    if per_sample is None:
+        return max(1, min(len(x), DEFAULT_BATCH))
+    b = CPU_BATCH_MAX
+    while b > CPU_BATCH_MIN and b * per_sample > CPU_ACTIVATION_BUDGET:
+        b //= 2
+    return max(1, min(len(x), b))
+
+
+def use_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether to run `model` on inputs like `x` in channels_last (NHWC) memory order, and if so
+    convert its 4-D weights in place (values unchanged; call before taking the direction tensors,
+    since this replaces their storage). Yes for 4-D inputs to a model with 2-D convolutions whose
+    forward pass accepts that order (a .view() of a feature map may not); the caller converts the
+    inputs with `input_layout`. Measured on this CPU: 1.5-2x faster fp32 convolutions
+    (BENCHMARKS.md); on CUDA the tensor-core path."""
+    if x.dim() != 4 or len(x) == 0 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    model.to(memory_format=torch.channels_last)
+    inner = _unwrapped(model)
+    was_training = inner.training
+    try:
+        with torch.no_grad():
+            inner.eval()(x[:1].contiguous(memory_format=torch.channels_last))
+    except Exception:  # noqa: BLE001 - e.g. a .view() that needs contiguous features: keep NCHW
+        model.to(memory_format=torch.contiguous_format)
+        return False
+    finally:
+        inner.train(was_training)
+    return True
+
+
+def input_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """`x` in the memory order `use_channels_last` chose (a copy only when it changes)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 # Losses live in landscape.losses (re-exported here: `mse` is the reference's softmax MSE).
 LossFn = _losses.LossFn
@@ -183,7 +260,7 @@ class Evaluator:
         self.metric_names = ("loss", *self.metrics)
         self._fns = [loss_fn, *self.metrics.values()]
         self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
-        self.batch_size = batch_size or min(len(x), DEFAULT_BATCH if x.device.type == "cpu" else DEFAULT_BATCH_CUDA)
+        self.batch_size = batch_size or default_batch_size(model, x)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:

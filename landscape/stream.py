@@ -16,7 +16,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode
+from landscape.evaluate import (PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode,
+                                input_layout)
 
 DEFAULT_POINTS_PER_PASS = 8
 
@@ -86,7 +87,7 @@ class StreamEvaluator:
 
     def __init__(self, model: nn.Module, data: Iterable, loss_fn: LossFn = cross_entropy,
                  metrics: Mapping[str, LossFn] | None = None, device: torch.device | str = "cpu",
-                 precision: str = "fp32", points_per_pass: int = DEFAULT_POINTS_PER_PASS):
+                 precision: str = "fp32", points_per_pass: int = DEFAULT_POINTS_PER_PASS, channels_last: bool = False):
         if precision not in PRECISIONS:
             raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if points_per_pass < 1:
@@ -99,6 +100,7 @@ class StreamEvaluator:
         self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
         self.device = torch.device(device)
         self.precision = precision
+        self.channels_last = channels_last  # 4-D input tensors in that memory order (see evaluate.use_channels_last)
         self.points_per_pass = points_per_pass
         self.n_samples: int | None = None  # known after the first pass
 
@@ -123,6 +125,8 @@ class StreamEvaluator:
         for batch in self.data:
             inputs, targets = split_batch(batch)
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
+            if self.channels_last and isinstance(inputs, torch.Tensor):
+                inputs = input_layout(inputs, True)
             nb = batch_len(inputs, targets)
             with eval_mode(self.device, self.precision):
                 for i in range(k):

@@ -30,7 +30,8 @@ from landscape.data import check_normalization, load_dataset, resolve_normalizat
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
                                   make_directions, random_direction, save_directions, target_tensors)
 from landscape.errors import LandscapeError
-from landscape.evaluate import EngineOptions, Evaluator, PointSetter, get_loss, prepare_engine
+from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, get_loss, input_layout, prepare_engine,
+                                use_channels_last)
 from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
 from landscape.grid import Axis, Grid
 from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
@@ -514,8 +515,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
                          if normalization is not None else f"no input normalization ({norm_source})")
         if job.threads is not None:
             torch.set_num_threads(job.threads)
-        # channels_last before the direction tensors are taken: .to() replaces parameter storage.
-        model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+        model.to(device)
 
         splits, populations = {}, {}
         for split in job.splits:
@@ -528,8 +528,6 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             x = data.x.to(device)
             if normalization is not None:
                 x = normalization.apply(x)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             y = data.y.to(device)
             if job.sampling is not None and job.sampling.tolerance is not None and len(y):
                 order = sample_order(len(y), job.sampling.seed).to(device)  # the common random order
@@ -540,6 +538,10 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             # the set a fixed subset's SE refers to: known only when the subset is the whole split
             populations[split] = (len(y) if job.sampling is None or job.sampling.tolerance is not None
                                   or job.n_samples is None or job.n_samples > len(y) else math.inf)
+        # channels_last before the direction tensors are taken: the conversion replaces parameter storage
+        nhwc = bool(splits) and use_channels_last(model, next(iter(splits.values()))[0])
+        if nhwc:
+            splits = {s: (input_layout(x, nhwc), y) for s, (x, y) in splits.items()}
         tensors = target_tensors(model, dir_type)
     except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
         error = e
@@ -570,7 +572,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
                       for s, (x, y) in splits.items()}
         engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
-                        "compile": engine.compile, "threads": torch.get_num_threads()}
+                        "compile": engine.compile, "threads": torch.get_num_threads(),
+                        "channels_last": nhwc}
         if engine.precision != "fp32":
             # the error of the reduced precision at the center, against exact fp32 on the original model
             first = next(iter(splits))
@@ -591,6 +594,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             bx = load_dataset(dataset, "train", job.data_root, job.bn_samples or job.n_samples, job.seed).x.to(device)
             if normalization is not None:
                 bx = normalization.apply(bx)
+            bx = input_layout(bx, nhwc)
             setter = BNRecomputeSetter(setter, model, bx, batch_size=job.batch_size or 512)
             bn_samples = len(bx)
             notes.append(f"BatchNorm statistics re-estimated at every point from {bn_samples} training samples")

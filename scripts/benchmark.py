@@ -11,6 +11,7 @@ of each mode against plain fp32 at the same points, and peak memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import math
@@ -32,7 +33,8 @@ from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import EngineOptions, Evaluator, PointSetter, prepare_engine  # noqa: E402
+from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, prepare_engine,  # noqa: E402
+                                use_channels_last)
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
@@ -111,13 +113,18 @@ def peak_mb(device) -> float:
 
 def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size) -> dict:
     model, x, y = make_case(case, device, n)
-    tensors = target_tensors(model, "weights")
+    # plain eager runs the model as given (NCHW); our loop runs a copy set up as a surface job
+    # sets it up (channels_last where it applies), so the layout is part of what is measured
+    ours = copy.deepcopy(model)
+    nhwc = use_channels_last(ours, x)
+    x_ours = input_layout(x, nhwc)
+    tensors = target_tensors(ours, "weights")
     names = [k for k, _ in tensors]
     dirs = make_directions(tensors, DirectionSpec(), seed=0)
     rng = np.random.default_rng(0)
     coords = [tuple(c) for c in rng.uniform(-0.5, 0.5, size=(points, 2))]
     coords[0] = (0.0, 0.0)
-    ref_setter = PointSetter([t for _, t in tensors], [dirs.x, dirs.y])
+    ref_setter = PointSetter([t for _, t in target_tensors(model, "weights")], [dirs.x, dirs.y])
 
     def plain_points():
         out = []
@@ -128,15 +135,16 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         return out
 
     ref = np.array(plain_points())  # the plain fp32 loss at every point
-    engines, compile_s = {}, {}
+    engines, compile_s, batches = {}, {}, {}
     for mode in modes:
         opts = MODES[mode]
         if opts.precision == "fp16" and device.type != "cuda":
             print(f"skipping {mode}: fp16 is for CUDA", file=sys.stderr)
             continue
         opts = EngineOptions(opts.precision, opts.fold_bn, opts.compile, batch_size)
-        eval_model, setter, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
-        ev = Evaluator(eval_model, x, y, batch_size=opts.batch_size, precision=opts.precision)
+        eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
+        ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
+        batches[mode] = ev.batch_size
         t0 = time.perf_counter()
         setter.set(coords[0])
         ev()  # warm-up (and compilation)
@@ -173,13 +181,14 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     forwards = len(coords) * len(x)
     plain_ips = forwards / statistics.median(times["plain"])
     result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
-              "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "modes": {}}
+              "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "channels_last": nhwc,
+              "modes": {}}
     for mode in engines:
         ips = forwards / statistics.median(times[mode])
         err = np.abs(losses[mode] - ref) / np.maximum(np.abs(ref), 1e-12)
         result["modes"][mode] = {"ips": ips, "ratio": ips / plain_ips, "max_rel_err": float(err.max()),
                                  "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
-                                 "warmup_s": compile_s[mode]}
+                                 "warmup_s": compile_s[mode], "batch_size": batches[mode]}
     return result
 
 
@@ -298,11 +307,12 @@ def markdown(results: list[dict], command: str) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{results[0]['threads']} threads, device {results[0]['device']}", "",
-             "| case | samples × points | plain ips | mode | ips | ratio | max rel err | warm-up s | peak MB |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| case | samples × points | plain ips | mode | batch | ips | ratio | max rel err | warm-up s | peak MB |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for mode, m in r["modes"].items():
-            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {r['plain_ips']:.0f} | {mode} | "
+            batch = f"{m['batch_size']}{' NHWC' if r.get('channels_last') else ''}"
+            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {r['plain_ips']:.0f} | {mode} | {batch} | "
                          f"{m['ips']:.0f} | {m['ratio']:.2f}× | {m['max_rel_err']:.1e} | {m['warmup_s']:.1f} | "
                          f"{m['peak_mem_mb']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -179,3 +179,70 @@ def test_sums_over_ranges_add_up_and_give_the_mean():
     assert ev.sums(5, 5).abs().sum() == 0
     with pytest.raises(ValueError, match="outside"):
         ev.sums(30, 38)
+
+
+class FlattenByView(torch.nn.Module):
+    """A conv net that flattens its feature map with .view(): that needs NCHW-contiguous features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return self.fc(out.view(out.shape[0], -1))
+
+
+def test_cpu_batch_size_follows_the_activation_budget():
+    from landscape.evaluate import CPU_ACTIVATION_BUDGET, CPU_BATCH_MAX, DEFAULT_BATCH, default_batch_size
+
+    cifar = get_model("resnet20", num_classes=10, in_channels=3).eval()
+    x32 = torch.zeros(1000, 3, 32, 32)
+    # the largest activation of a CIFAR ResNet is 16 x 32 x 32 per sample: 2^20 / 2^14 = 64
+    assert default_batch_size(cifar, x32) == CPU_ACTIVATION_BUDGET // (16 * 32 * 32) == 64
+    assert default_batch_size(cifar, x32[:40]) == 40  # never more than the data
+    x8 = torch.zeros(1000, 1, 8, 8)  # 16 x 8 x 8 per sample: the budget allows 1024, capped
+    assert default_batch_size(get_model("resnet20", num_classes=10, in_channels=1), x8) == CPU_BATCH_MAX
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    wide(x32[:1])  # materialize the lazy layer
+    assert default_batch_size(wide, x32) == 16  # 64 x 32 x 32 per sample
+    broken = torch.nn.Linear(5, 10)  # does not take these inputs: the fixed default, the error comes later
+    assert default_batch_size(broken, x32) == DEFAULT_BATCH
+    assert Evaluator(cifar, x32[:200], torch.zeros(200, dtype=torch.long)).batch_size == 64
+
+
+def test_channels_last_is_used_where_the_model_takes_it_and_changes_nothing_but_rounding():
+    from landscape.evaluate import input_layout, use_channels_last
+
+    x, y = data()
+    plain = bn_model()
+    nhwc = bn_model()
+    assert use_channels_last(nhwc, x)
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    xl = input_layout(x, True)
+    assert xl.is_contiguous(memory_format=torch.channels_last) and torch.equal(xl, x)
+    a = Evaluator(plain, x, y)()
+    b = Evaluator(nhwc, xl, y)()
+    assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1] == b[1]
+
+    viewer = FlattenByView()
+    assert not use_channels_last(viewer, x)  # its .view() fails in channels_last: kept NCHW
+    assert viewer.conv.weight.is_contiguous()
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert not use_channels_last(mlp, x)  # no convolution: nothing to gain
+    assert not use_channels_last(bn_model(), torch.zeros(4, 64))  # not images
+    assert input_layout(torch.zeros(4, 64), True).shape == (4, 64)
+
+
+def test_channels_last_probe_keeps_train_mode():
+    from landscape.evaluate import use_channels_last
+
+    model = bn_model().train()
+    x, _ = data()
+    running = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert use_channels_last(model, x)
+    assert model.training  # restored after the probe, which ran in eval mode
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(running, after))  # the probe did not touch BN statistics

@@ -135,7 +135,7 @@ def test_interrupted_run_keeps_every_computed_point(digits, tmp_path):
         return cross_entropy(out, target)
 
     grid = Grid(Axis(-1, 1, 3), Axis(-1, 1, 3))
-    _, setter, evs = setup(model, digits, loss_fn=flaky_loss)
+    _, setter, evs = setup(model, digits, loss_fn=flaky_loss, batch_size=len(digits[1]))  # one call a point
     path = tmp_path / "i.h5"
     with pytest.raises(KeyboardInterrupt):
         compute_surface(setter, evs, grid, path, {}, flush_seconds=1e9, progress=False)
