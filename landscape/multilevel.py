@@ -32,15 +32,21 @@ uses the whole set is its direct mean (exact, SE 0). The stopping rules of
 and the file records per point whether the control was used (`<split>_control`).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
-have children. On a resumed run the ancestors' per-sample values are recomputed (the same
-batches, so the same values): a resumed run equals an uninterrupted one bit for bit.
+have children, in memory and in a file beside the surface (`SampleStore`, `<stem>_samples.h5`,
+appended as points finish), so a resumed run reads its ancestors' values instead of computing
+them again; without that file (or with one from another run) they are recomputed in the same
+batches. Either way a resumed run's estimates equal an uninterrupted run's bit for bit (with
+the file, its forwards too; without, the recomputation is charged to the points that need it).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Mapping
 
+import h5py
 import numpy as np
 
 from landscape.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _round_up, mean_se
@@ -129,6 +135,78 @@ class Hierarchy:
         return indices[np.lexsort((indices, self.stage[indices], self.level[indices]))]
 
 
+def samples_path(surface_path: str | os.PathLike) -> Path:
+    """Where the per-sample values of a coarse-to-fine surface are kept: `<stem>_samples.h5`."""
+    path = Path(surface_path)
+    return path.with_name(f"{path.stem}_samples.h5")
+
+
+class SampleStore:
+    """Per-sample values of the points that have children, in an HDF5 file beside the surface:
+    one resizable (metrics, samples) float64 dataset per point under a group per split, appended
+    as points finish. A cache, not the record: the surface file is; entries are trusted only when
+    the file's `fingerprint` (the surface's settings and creation time) matches and only for
+    points the surface has done, and an unreadable file is started afresh."""
+
+    def __init__(self, path: str | os.PathLike, group: str, fingerprint: str):
+        self.path, self.group, self.fingerprint = Path(path), group or "main", fingerprint
+        self.lengths: dict[int, int] = {}  # point -> samples stored
+
+    def _open(self) -> h5py.File:
+        try:
+            f = h5py.File(self.path, "a")
+        except OSError:  # torn by a kill mid-write, or not HDF5: a cache, so start again
+            self.path.unlink(missing_ok=True)
+            f = h5py.File(self.path, "a")
+        if f.attrs.get("fingerprint") != self.fingerprint:
+            for name in list(f):
+                del f[name]
+            f.attrs["fingerprint"] = self.fingerprint
+        return f
+
+    def load(self, wanted: Mapping[int, int]) -> dict[int, np.ndarray]:
+        """The stored values of the points in `wanted` ({point: samples needed}), cut to that
+        length; every other entry is dropped (points not done in the surface are recomputed)."""
+        out: dict[int, np.ndarray] = {}
+        try:
+            with self._open() as f:
+                g = f.require_group(self.group)
+                for name in list(g):
+                    p = int(name)
+                    ds = g[name]
+                    need = wanted.get(p, 0)
+                    if need == 0:
+                        del g[name]
+                        continue
+                    have = min(need, ds.shape[1])
+                    ds.resize(have, axis=1)
+                    out[p] = ds[...]
+                    self.lengths[p] = have
+        except (OSError, KeyError, ValueError, TypeError):  # damaged inside: recompute what it held
+            self.path.unlink(missing_ok=True)
+            self.lengths.clear()
+            return {}
+        return out
+
+    def append(self, entries: Mapping[int, np.ndarray]) -> None:
+        """Write the samples of each entry beyond what is stored (the values only ever grow)."""
+        entries = {p: v for p, v in entries.items() if v.shape[1] > self.lengths.get(p, 0)}
+        if not entries:
+            return
+        with self._open() as f:
+            g = f.require_group(self.group)
+            for p, v in entries.items():
+                name = str(p)
+                if name not in g:
+                    g.create_dataset(name, shape=(v.shape[0], 0), maxshape=(v.shape[0], None), dtype="f8",
+                                     chunks=(v.shape[0], 4096))
+                    self.lengths[p] = 0
+                ds, old = g[name], self.lengths[p]
+                ds.resize(v.shape[1], axis=1)
+                ds[:, old:] = v[:, old:]
+                self.lengths[p] = v.shape[1]
+
+
 class MultilevelMeasure:
     """A measure for `compute_surface` like `adaptive.SampledMeasure`, with the coarse-to-fine
     control variate of this module. It moves the model itself (`block`), orders the points
@@ -159,6 +237,7 @@ class MultilevelMeasure:
         self.terms: dict[int, dict[tuple[int, int], float]] = {}  # point -> {(point, n): coefficient}
         self.at: int | None = None  # the point the model is at
         self.last: Estimate | None = None
+        self.store: SampleStore | None = None  # set by `resume`
 
     def __len__(self) -> int:
         return self.size
@@ -167,12 +246,24 @@ class MultilevelMeasure:
     def point_order(self, indices: np.ndarray) -> np.ndarray:
         return self.h.order(indices)
 
-    def resume(self, values: Mapping[str, np.ndarray], done: np.ndarray) -> None:
-        """Take the points done in the file (their n and whether they used a control) as parents."""
+    def resume(self, values: Mapping[str, np.ndarray], done: np.ndarray, store: SampleStore | None = None) -> None:
+        """Take the points done in the file (their n and whether they used a control) as parents,
+        with their per-sample values from `store` (kept up to date from here on) where it has them.
+
+        A parent's values are cut to the samples the done points used, so the points still to do
+        extend them exactly as an uninterrupted run would (and count the same forwards)."""
         for p in self.h.order(np.flatnonzero(done)):
             p = int(p)
             n = int(values["n"][p])
             self.terms[p] = self._terms(p, n, bool(values["control"][p] > 0.5) and n < self.size)
+        self.store = store
+        if store is not None:
+            need: dict[int, int] = {}
+            for p, terms in self.terms.items():
+                for u, n in terms:
+                    if self.h.children[u] > 0:
+                        need[u] = max(need.get(u, 0), n)
+            self.cache.update(store.load(need))
 
     def block(self, setter, coords: np.ndarray) -> list[tuple[float, ...]]:
         try:
@@ -287,6 +378,8 @@ class MultilevelMeasure:
         self.terms[p] = terms
         if self.h.children[p] == 0:
             self.cache.pop(p, None)  # nobody interpolates from it
+        if self.store is not None:  # p and the parents it extended
+            self.store.append({u: self.cache[u] for u in {p, *(q for q, _ in parents)} if u in self.cache})
         self.last = Estimate(means, ses, n, steps)
         return (tuple(x for m, e in zip(means, ses) for x in (m, e))
                 + (float(n), float(self.forwards - start), float(control)))

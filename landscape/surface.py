@@ -6,6 +6,7 @@ The only module that ties the evaluator (models, data) to storage (files).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
-from landscape.multilevel import MultilevelMeasure
+from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
@@ -229,6 +230,7 @@ def compute_surface(
     owned = shard.owns(np.arange(grid.size)) if shard is not None else np.ones(grid.size, dtype=bool)
 
     surf, lock, todo, error = None, None, None, None
+    stores: list[SampleStore] = []  # per-sample values of coarse-to-fine measures, for a resume
     if group.is_main:
         try:
             lock = SurfaceLock(path).acquire()
@@ -247,7 +249,10 @@ def compute_surface(
                         raise LandscapeError(f"the {k or 'main'} measure (--multilevel) evaluates points in "
                                              "dependency order: it runs in one process; drop torchrun/--shard")
                     done = surf.done.reshape(-1)
-                    ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done)
+                    store = SampleStore(samples_path(path), k, _fingerprint(settings, surf.attrs["created"]))
+                    ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done,
+                              store)
+                    stores.append(store)
                     todo = ev.point_order(todo)
             if max_points is not None:
                 todo = todo[:max_points]
@@ -307,6 +312,9 @@ def compute_surface(
         if surf is not None:
             try:
                 write_surface(path, surf)
+                if stores and surf.done.all():  # nothing left to resume
+                    for store in stores:
+                        store.path.unlink(missing_ok=True)
             finally:
                 lock.release()
 
@@ -458,6 +466,12 @@ def _check_writable(folder: Path, flag: str) -> None:
         raise refuse(f"{parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise refuse(f"{parent} is not writable")
+
+
+def _fingerprint(settings: Mapping[str, Any], created: str) -> str:
+    """Names one surface file's run: its settings and creation time (a rerun with --overwrite
+    is another run)."""
+    return hashlib.sha256((json.dumps(settings, sort_keys=True, default=str) + created).encode()).hexdigest()
 
 
 def _check_fits(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> None:

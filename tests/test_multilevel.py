@@ -12,8 +12,9 @@ from landscape.adaptive import SamplingPlan, forwards_used
 from landscape.errors import LandscapeError
 from landscape.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
-from landscape.multilevel import Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride, level_share
-from landscape.surface import SurfaceJob, run_job
+from landscape.multilevel import (Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride, level_share,
+                                  samples_path)
+from landscape.surface import SurfaceJob, compute_surface, run_job
 
 
 class Poly(nn.Module):
@@ -182,8 +183,9 @@ def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt,
                                                     "control": "when it needs fewer samples"}
     run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
     resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
-    for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n"):
+    for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n", "train_forwards"):
         np.testing.assert_array_equal(resumed.metrics[m], whole.metrics[m], err_msg=m)
+    assert not list(tmp_path.rglob("*_samples.h5"))  # the per-sample store goes when the surface is complete
     used, full = forwards_used(whole)
     assert used == whole.metrics["train_forwards"].sum() >= whole.metrics["train_n"].sum()
     assert full == 45 * 256
@@ -201,3 +203,57 @@ def test_multilevel_refuses_shards_and_a_missing_tolerance(digits_ckpt, tmp_path
         plot_surface.build_job(plot_surface.parse_args(["--multilevel"]))
     plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "0.2", "--multilevel"])).sampling
     assert plan.multilevel and plan.tolerance == 0.2
+
+
+def test_a_resume_reads_the_ancestors_values_from_the_sample_store(tmp_path) -> None:
+    """Stopped part-way, a coarse-to-fine run keeps its parents' per-sample values beside the
+    surface; the resumed run evaluates only the samples of the points still to do (and the
+    parents' extensions they need), and equals the uninterrupted run bit for bit, forwards
+    included. Without the store, or with another run's, the parents' values are recomputed: the
+    same estimates bit for bit, at the cost of more forwards."""
+    x, y = poly_set(3000, curvature=2.0, seed=3)
+    grid = Grid(Axis(-1, 1, 9), Axis(-1, 1, 9))
+    plan = SamplingPlan(tolerance=0.3, n0=32, low_loss=0.0, multilevel=True)
+
+    def run(path, **kw):
+        m, setter = measure(x, y, grid, plan)
+        surf = compute_surface(setter, {"train": m}, grid, path, {"case": 1}, progress=False, **kw)
+        return surf, m.forwards
+
+    whole, whole_forwards = run(tmp_path / "whole.h5")
+    assert whole_forwards == whole.metrics["train_forwards"].sum()
+    for name in ("store", "none", "other"):
+        path = tmp_path / f"{name}.h5"
+        part, _ = run(path, max_points=30)  # level 0 (25 points) and some of level 1
+        store = samples_path(path)
+        assert store.is_file() and not part.done.all()
+        if name == "none":
+            store.unlink()
+        elif name == "other":  # a store from another run (other settings): not trusted
+            m, setter = measure(x, y, grid, plan)
+            compute_surface(setter, {"train": m}, grid, tmp_path / "o.h5", {"case": 2}, progress=False, max_points=30)
+            samples_path(tmp_path / "o.h5").replace(store)
+        resumed, forwards = run(path)
+        for m in ("train_loss", "train_loss_se", "train_n", "train_control"):
+            np.testing.assert_array_equal(resumed.metrics[m], whole.metrics[m], err_msg=f"{name}: {m}")
+        new = ~part.done
+        assert forwards == resumed.metrics["train_forwards"][new].sum()  # each point is charged what it cost
+        if name == "store":  # nothing evaluated twice
+            np.testing.assert_array_equal(resumed.metrics["train_forwards"], whole.metrics["train_forwards"])
+        else:  # the recomputed parents are charged to the first points that needed them
+            assert forwards > whole.metrics["train_forwards"][new].sum()
+        assert not store.exists()
+
+
+def test_a_torn_sample_store_is_started_afresh(tmp_path) -> None:
+    x, y = poly_set(2000, curvature=1.0, seed=4)
+    grid = Grid(Axis(-1, 1, 9), None)
+    plan = SamplingPlan(tolerance=0.3, n0=32, low_loss=0.0, multilevel=True)
+    m, setter = measure(x, y, grid, plan)
+    whole = compute_surface(setter, {"train": m}, grid, tmp_path / "w.h5", {}, progress=False)
+    m, setter = measure(x, y, grid, plan)
+    compute_surface(setter, {"train": m}, grid, tmp_path / "t.h5", {}, progress=False, max_points=4)
+    samples_path(tmp_path / "t.h5").write_bytes(b"not an HDF5 file")  # as a kill mid-write might leave it
+    m, setter = measure(x, y, grid, plan)
+    resumed = compute_surface(setter, {"train": m}, grid, tmp_path / "t.h5", {}, progress=False)
+    np.testing.assert_array_equal(resumed.metrics["train_loss"], whole.metrics["train_loss"])
