@@ -181,7 +181,8 @@ def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt,
     assert {"train_loss_se", "train_n", "train_forwards", "train_control"} <= set(whole.metrics) and whole.done.all()
     assert whole.settings["sampling"]["multilevel"] == {"interpolation": "cubic", "level_shares": "equal",
                                                     "control": "when it needs fewer samples"}
-    run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
+    part = run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
+    assert samples_path(part.surf_file).is_file()  # the coarse points' per-sample values, for the resume
     resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
     for m in ("train_loss", "train_loss_se", "train_acc", "train_acc_se", "train_n", "train_forwards"):
         np.testing.assert_array_equal(resumed.metrics[m], whole.metrics[m], err_msg=m)
