@@ -42,8 +42,8 @@ def tf32_mode(device: torch.device, allow: bool):
 # CPU batch size: the largest power of two whose biggest activation tensor holds at most
 # CPU_ACTIVATION_BUDGET elements (4 MiB in fp32, an eighth of this EPYC's L3), within
 # [CPU_BATCH_MIN, CPU_BATCH_MAX]: 64 for 3x32x32 CIFAR ResNets (16x32x32 activations), 256 for
-# 8x8 digits. Measured in BENCHMARKS.md (a batch sweep with scripts/benchmark.py --batch-size B);
-# a batch whose activations overflow the cache was 1.5-2x slower. --batch-size overrides it.
+# 8x8 digits. Measured by a batch sweep (BENCHMARKS.md): a batch whose activations outgrow a
+# few MiB was up to 2x slower. --batch-size overrides it.
 CPU_ACTIVATION_BUDGET = 2 ** 20
 CPU_BATCH_MIN, CPU_BATCH_MAX = 8, 256
 DEFAULT_BATCH = 256  # when the model cannot be probed, and for streamed DataLoaders
@@ -99,8 +99,8 @@ def use_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
     convert its 4-D weights in place (values unchanged; call before taking the direction tensors,
     since this replaces their storage). Yes for 4-D inputs to a model with 2-D convolutions whose
     forward pass accepts that order (a .view() of a feature map may not); the caller converts the
-    inputs with `input_layout`. Measured on this CPU: 1.5-2x faster fp32 convolutions
-    (BENCHMARKS.md); on CUDA the tensor-core path."""
+    inputs with `input_layout`. Measured on this CPU: fp32 ResNets 1.2x faster at the best batch
+    and up to 2x at larger ones (BENCHMARKS.md); on CUDA the tensor-core path."""
     if x.dim() != 4 or len(x) == 0 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     model.to(memory_format=torch.channels_last)
