@@ -229,7 +229,7 @@ def compute_surface(
     # channels_last (4-D weights and resident images) before the direction tensors are taken:
     # the conversion replaces parameter storage; the weights' values do not change
     probe = _probe_inputs(prepared)
-    nhwc = probe is not None and use_channels_last(model, probe.to(device))
+    nhwc = probe is not None and use_channels_last(model, probe[:1].to(device))
     tensors = target_tensors(model, dir_type)
     dirs = _directions(model, directions, grid.ndim, seed, spec)
 

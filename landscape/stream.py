@@ -125,8 +125,8 @@ class StreamEvaluator:
         for batch in self.data:
             inputs, targets = split_batch(batch)
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            if self.channels_last and isinstance(inputs, torch.Tensor):
-                inputs = input_layout(inputs, True)
+            if isinstance(inputs, torch.Tensor):
+                inputs = input_layout(inputs, self.channels_last)
             nb = batch_len(inputs, targets)
             with eval_mode(self.device, self.precision):
                 for i in range(k):

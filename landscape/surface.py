@@ -249,7 +249,7 @@ def compute_surface(
                         raise LandscapeError(f"the {k or 'main'} measure (--multilevel) evaluates points in "
                                              "dependency order: it runs in one process; drop torchrun/--shard")
                     done = surf.done.reshape(-1)
-                    store = SampleStore(samples_path(path), k, _fingerprint(settings, surf.attrs["created"]))
+                    store = SampleStore(samples_path(path), k, _fingerprint(surf))
                     ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done,
                               store)
                     stores.append(store)
@@ -468,10 +468,10 @@ def _check_writable(folder: Path, flag: str) -> None:
         raise refuse(f"{parent} is not writable")
 
 
-def _fingerprint(settings: Mapping[str, Any], created: str) -> str:
-    """Names one surface file's run: its settings and creation time (a rerun with --overwrite
-    is another run)."""
-    return hashlib.sha256((json.dumps(settings, sort_keys=True, default=str) + created).encode()).hexdigest()
+def _fingerprint(surf: Surface) -> str:
+    """Names one surface file's run: its stored settings and creation time (a rerun with
+    --overwrite is another run)."""
+    return hashlib.sha256((str(surf.attrs["settings"]) + str(surf.attrs["created"])).encode()).hexdigest()
 
 
 def _check_fits(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
