@@ -34,7 +34,9 @@ import torch
 from landscape.errors import LandscapeError
 
 # how landscape.multilevel builds its estimates (part of a coarse-to-fine file's settings)
-MULTILEVEL_SCHEME = {"interpolation": "cubic", "level_shares": "equal", "control": "when it needs fewer samples"}
+MULTILEVEL_SCHEME = {"interpolation": "cubic", "fallback": "linear", "level_shares": "equal",
+                     "control": "the stencil or none that needs the fewest samples",
+                     "parents_stop_above_vmax_times": 1.5}
 
 SumsFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> (n_metrics, 2) float64 (sum, sum of squares)
 

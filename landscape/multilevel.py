@@ -24,12 +24,18 @@ sum_{s,t} c_s c_t Cov(ell_{u_s}, ell_{u_t}) / max(n_s, n_t), each covariance tak
 common prefix (no finite-population factor, as in `landscape.adaptive`). Level k of levels 0..L
 aims at a bound z * SE <= T * sqrt((k + 1) / (L + 1)) (an equal share of the variance budget per
 level), so the finest points reach T with their ancestors' error included.
-After its first chunk a point keeps the control only if the bound needs fewer samples with it
-than without (the parents' part of the variance does not shrink as n grows, so a point whose
-parents are imprecise, e.g. stopped above vmax, is better estimated directly); a point that
-uses the whole set is its direct mean (exact, SE 0). The stopping rules of
-`landscape.adaptive.estimate` apply unchanged (tolerance, vmax, low-loss, effective sample size),
-and the file records per point whether the control was used (`<split>_control`).
+After its first chunk a point takes, of the direct mean and its stencils (the cubic, and where
+the cubic reaches past the bracketing points the linear interpolation between them), the one
+whose bound needs the fewest samples (the parents' part of the variance does not shrink as n
+grows, so a stencil with an imprecise parent, e.g. one stopped above vmax, loses to the direct
+mean or to the linear stencil that leaves that parent out); a point that uses the whole set is
+its direct mean (exact, SE 0). The stopping rules of `landscape.adaptive.estimate` apply (tolerance,
+vmax, low-loss, effective sample size) with one change: a point that has children stops on the
+vmax rule only once its lower bound is above PARENT_VMAX x vmax, since children between it and a
+neighbour below vmax may fall below vmax and need it precise (on the 51x51 CIFAR-10 ResNet-56
+surface 55 % of the forwards went to points near vmax whose parents had stopped at 256 samples
+above it: BENCHMARKS.md). The file records per point which estimate was used (`<split>_control`:
+0 the direct mean, 1 the cubic or linear parents, 2 the linear fallback).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
 have children, in memory and in a file beside the surface (`SampleStore`, `<stem>_samples.h5`,
@@ -51,6 +57,9 @@ import numpy as np
 
 from landscape.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _round_up, mean_se
 from landscape.errors import LandscapeError
+
+# a point with children stops on the vmax rule only once its lower bound is above this many vmax
+PARENT_VMAX = MULTILEVEL_SCHEME["parents_stop_above_vmax_times"]
 
 
 def coarsest_stride(m: int, min_points: int = 5) -> int:
@@ -102,6 +111,7 @@ class Hierarchy:
         self.level = np.zeros(size, dtype=np.int64)
         self.stage = np.zeros(size, dtype=np.int64)
         self.parents: list[list[tuple[int, float]]] = [[] for _ in range(size)]
+        self.fallback: list[list[tuple[int, float]]] = [[] for _ in range(size)]  # linear, where parents is cubic
         for p in range(size):
             idx = (p % nx,) if len(sizes) == 1 else (p % nx, p // nx)  # (ix, iy)
             pl = [int(lv[a][i]) for a, i in enumerate(idx)]
@@ -115,19 +125,31 @@ class Hierarchy:
             i = idx[axis]
             below = np.flatnonzero(lv[axis] < lev)
             lo, hi = int(below[below < i].max()), int(below[below > i].min())
-            weights = [(lo, (hi - i) / (hi - lo)), (hi, (i - lo) / (hi - lo))]  # linear
+            linear = [(lo, (hi - i) / (hi - lo)), (hi, (i - lo) / (hi - lo))]
+            weights = linear
             d = i - lo
             if cubic and hi - i == d and i - 3 * d in set(below) and i + 3 * d in set(below):
                 # the cubic through 4 equally spaced coarser points (exact for cubic polynomials)
                 weights = [(i - 3 * d, -1 / 16), (lo, 9 / 16), (hi, 9 / 16), (i + 3 * d, -1 / 16)]
-            for j, w in weights:
+
+            def flat(j: int) -> int:
                 q = list(idx)
                 q[axis] = j
-                self.parents[p].append((q[0] if len(q) == 1 else q[1] * nx + q[0], w))
+                return q[0] if len(q) == 1 else q[1] * nx + q[0]
+
+            self.parents[p] = [(flat(j), w) for j, w in weights]
+            if weights is not linear:  # the two bracketing points alone, when an outer one is imprecise
+                self.fallback[p] = [(flat(j), w) for j, w in linear]
         self.children = np.zeros(size, dtype=np.int64)
         for ps in self.parents:
             for q, _ in ps:
                 self.children[q] += 1
+
+    def stencil(self, p: int, kind: int) -> list[tuple[int, float]]:
+        """The (point, weight) pairs p is interpolated from: kind 1 its parents (the cubic where
+        there is room, else linear), kind 2 the linear fallback (empty where parents is linear),
+        kind 0 none (the direct mean)."""
+        return self.parents[p] if kind == 1 else self.fallback[p] if kind == 2 else []
 
     def order(self, indices: np.ndarray) -> np.ndarray:
         """`indices` sorted coarse to fine: by level, then stage, then flat index."""
@@ -255,7 +277,7 @@ class MultilevelMeasure:
         for p in self.h.order(np.flatnonzero(done)):
             p = int(p)
             n = int(values["n"][p])
-            self.terms[p] = self._terms(p, n, bool(values["control"][p] > 0.5) and n < self.size)
+            self.terms[p] = self._terms(p, n, int(round(values["control"][p])) if n < self.size else 0)
         self.store = store
         if store is not None:
             need: dict[int, int] = {}
@@ -275,16 +297,15 @@ class MultilevelMeasure:
     def _tolerance(self, p: int) -> float:
         return self.plan.tolerance * math.sqrt(level_share(int(self.h.level[p]), self.h.depth))
 
-    def _terms(self, p: int, n: int, control: bool, own: bool = True) -> dict[tuple[int, int], float]:
-        """The estimate of p at n samples as {(point, n): coefficient}; `own=False`: the parents'
-        interpolation alone."""
+    def _terms(self, p: int, n: int, kind: int, own: bool = True) -> dict[tuple[int, int], float]:
+        """The estimate of p at n samples as {(point, n): coefficient}, interpolated from stencil
+        `kind` (`Hierarchy.stencil`; 0: the direct mean); `own=False`: the interpolation alone."""
         terms = {(p, n): 1.0} if own else {}
-        if control:
-            for q, w in self.h.parents[p]:
-                for key, c in self.terms[q].items():
-                    terms[key] = terms.get(key, 0.0) + w * c
-                if own:
-                    terms[(q, n)] = terms.get((q, n), 0.0) - w
+        for q, w in self.h.stencil(p, kind):
+            for key, c in self.terms[q].items():
+                terms[key] = terms.get(key, 0.0) + w * c
+            if own:
+                terms[(q, n)] = terms.get((q, n), 0.0) - w
         return {k: c for k, c in terms.items() if c != 0.0}
 
     def _values(self, setter, u: int, length: int) -> np.ndarray:
@@ -335,24 +356,37 @@ class MultilevelMeasure:
         target = (tol / plan.z) ** 2  # the variance the bound allows
         start = self.forwards
         n = min(size, _round_up(plan.n0, self.batch))
-        parents = self.h.parents[p]
-        v_anc = math.inf  # the variance of the parents' interpolation: fixed while n grows
-        if parents and n < size and all(q in self.terms for q, _ in parents):
-            v_anc = self._stats(setter, self._terms(p, n, True, own=False), False)[1][0] ** 2
-        control = math.isfinite(v_anc) and v_anc < target  # candidate; settled after the first chunk
-        decided = not control
+        # the stencils whose interpolation alone is precise enough, with its variance (fixed while n grows)
+        v_anc: dict[int, float] = {0: 0.0}
+        for kind in (1, 2):
+            st = self.h.stencil(p, kind)
+            if st and n < size and all(q in self.terms for q, _ in st):
+                v = self._stats(setter, self._terms(p, n, kind, own=False), False)[1][0] ** 2
+                if v < target:
+                    v_anc[kind] = v
+        kind, decided = 0, len(v_anc) == 1  # settled after the first chunk
+        # a point others interpolate from stops on the vmax rule only well above vmax: its
+        # children may fall below vmax and need it precise to use it as their control
+        vmax = plan.vmax
+        if vmax is not None and self.h.children[p]:
+            vmax += (PARENT_VMAX - 1) * abs(vmax)
         steps = []
         while True:
             exact = n >= size and self.population in (None, size)
             if n >= size:
-                control = False  # the whole set: the direct mean (exact when the set is the population)
-            terms = self._terms(p, n, control)
-            means, ses = self._stats(setter, terms, exact)
-            if not decided:  # keep the control only if it needs fewer samples than the direct mean
-                direct = {(p, n): 1.0}
-                d_means, d_ses = self._stats(setter, direct, exact)
-                if _predicted(d_ses[0] ** 2, 0.0, n, target) <= _predicted(ses[0] ** 2, v_anc, n, target):
-                    control, terms, means, ses = False, direct, d_means, d_ses
+                kind = 0  # the whole set: the direct mean (exact when the set is the population)
+            if decided:
+                terms = self._terms(p, n, kind)
+                means, ses = self._stats(setter, terms, exact)
+            else:  # the stencil (or none) whose bound needs the fewest samples, then the smallest SE
+                best = None
+                for k, v in v_anc.items():
+                    k_terms = self._terms(p, n, k)
+                    k_means, k_ses = self._stats(setter, k_terms, exact)
+                    key = (max(_predicted(k_ses[0] ** 2, v, n, target), n), k_ses[0])
+                    if best is None or key < best[0]:
+                        best = (key, k, k_terms, k_means, k_ses)
+                _, kind, terms, means, ses = best
                 decided = True
             if n >= size and not exact:  # the whole subset of a larger set: direct s / sqrt(n)
                 own = self.cache[p][:, :n]
@@ -370,19 +404,19 @@ class MultilevelMeasure:
                 want = 2 * n
             elif bound <= tol:
                 break
-            elif plan.vmax is not None and loss - bound > plan.vmax:
+            elif vmax is not None and loss - bound > vmax:
                 break
             else:
-                want = min(_predicted(loss_se ** 2, v_anc if control else 0.0, n, target), plan.max_growth * n)
+                want = min(_predicted(loss_se ** 2, v_anc[kind], n, target), plan.max_growth * n)
             n = min(size, _round_up(max(want, n + 1), self.batch))
         self.terms[p] = terms
         if self.h.children[p] == 0:
             self.cache.pop(p, None)  # nobody interpolates from it
         if self.store is not None:  # p and the parents it extended
-            self.store.append({u: self.cache[u] for u in {p, *(q for q, _ in parents)} if u in self.cache})
+            self.store.append({u: self.cache[u] for u in {p, *(q for q, _ in self.h.parents[p])} if u in self.cache})
         self.last = Estimate(means, ses, n, steps)
         return (tuple(x for m, e in zip(means, ses) for x in (m, e))
-                + (float(n), float(self.forwards - start), float(control)))
+                + (float(n), float(self.forwards - start), float(kind)))
 
 
 def _predicted(v_all: float, v_fixed: float, n: int, target: float) -> float:

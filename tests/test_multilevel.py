@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.adaptive import SamplingPlan, forwards_used
+from landscape.adaptive import MULTILEVEL_SCHEME, SamplingPlan, forwards_used
 from landscape.errors import LandscapeError
 from landscape.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
-from landscape.multilevel import (Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride, level_share,
-                                  samples_path)
+from landscape.multilevel import (PARENT_VMAX, Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride,
+                                  level_share, samples_path)
 from landscape.surface import SurfaceJob, compute_surface, run_job
 
 
@@ -107,7 +107,9 @@ def test_a_fine_point_is_its_parents_interpolation_plus_the_residual_with_the_cl
             assert 2 * rows[p][1] <= plan.tolerance * math.sqrt(level_share(0, 2)) + 1e-12
             continue
         assert n == 32  # the residual has no spread: the first chunk is enough
-        assert rows[p][0] == pytest.approx(sum(w * rows[q][0] for q, w in h.parents[p]), rel=1e-12)
+        kind = int(rows[p][6])  # the stencil it chose: the cubic (1) or, where it has one, the linear (2)
+        assert kind in (1, 2) and h.stencil(p, kind)
+        assert rows[p][0] == pytest.approx(sum(w * rows[q][0] for q, w in h.stencil(p, kind)), rel=1e-12)
     # SE of the level-1 point between 0 and 4 (= (L0 + L4) / 2), by hand
     p = 2
     na, nb = int(rows[0][4]), int(rows[4][4])
@@ -117,6 +119,33 @@ def test_a_fine_point_is_its_parents_interpolation_plus_the_residual_with_the_cl
     var = 0.25 * (va[:na].var(ddof=1) / na + vb[:nb].var(ddof=1) / nb + 2 * cov / max(na, nb))
     assert rows[p][1] == pytest.approx(math.sqrt(var), rel=1e-9)
     assert 2 * rows[p][1] <= plan.tolerance * math.sqrt(level_share(1, 2)) + 1e-12
+
+
+def test_parents_near_vmax_are_refined_and_a_point_falls_back_to_the_linear_stencil() -> None:
+    """Loss ~ 7.4 - 10 s along a 17-point axis, vmax 10: the level-0 point at s = -1 (loss 17.4,
+    above PARENT_VMAX x vmax) stops on the vmax rule after its first chunk, while the one at
+    s = -0.5 (12.4: above vmax, but its children may not be) is refined to its tolerance although
+    the plain vmax rule would have stopped it there too. The level-1 point at s = -0.25 then cannot
+    use its cubic (through s = -1) but can use the linear interpolation between s = -0.5 and 0,
+    and equals it (the losses are linear in s, so the residual is 0); the one at s = -0.75,
+    whose only stencil is linear through s = -1, is estimated directly."""
+    x, y = poly_set(4000)
+    x[:, 1] -= 10
+    grid = Grid(Axis(-1, 1, 17), None)
+    plan = SamplingPlan(tolerance=0.2, n0=32, low_loss=0.0, vmax=10.0)
+    m, setter = measure(x, y, grid, plan)
+    rows = run_all(m, setter, grid)
+    h = m.h
+    assert PARENT_VMAX * plan.vmax < 17 and h.children[0] and h.children[4]
+    assert rows[0][4] == 32 and rows[0][0] - 2 * rows[0][1] > PARENT_VMAX * plan.vmax
+    first = (x[:32, 0] - 0.5 * x[:32, 1]).numpy()  # the point at s = -0.5 after its first chunk
+    assert first.mean() - 2 * first.std(ddof=1) / math.sqrt(32) > plan.vmax  # the plain rule would stop here
+    assert rows[4][4] > 32 and 2 * rows[4][1] <= plan.tolerance * math.sqrt(level_share(0, h.depth)) + 1e-12
+    assert h.stencil(6, 1) == [(0, -1 / 16), (4, 9 / 16), (8, 9 / 16), (12, -1 / 16)]
+    assert rows[6][6] == 2 and h.stencil(6, 2) == [(4, 0.5), (8, 0.5)]
+    assert rows[6][0] == pytest.approx(0.5 * rows[4][0] + 0.5 * rows[8][0], rel=1e-12)
+    assert rows[2][6] == 0 and h.stencil(2, 2) == []  # its parents are linear already: no fallback
+    assert rows[10][6] in (1, 2)  # all four cubic parents precise: a stencil, whichever needs fewer samples
 
 
 def test_the_reported_se_matches_the_spread_over_random_orders() -> None:
@@ -179,8 +208,8 @@ def job(ckpt, out, **kw) -> SurfaceJob:
 def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt, tmp_path) -> None:
     whole = run_job(job(digits_ckpt, tmp_path / "a")).surface
     assert {"train_loss_se", "train_n", "train_forwards", "train_control"} <= set(whole.metrics) and whole.done.all()
-    assert whole.settings["sampling"]["multilevel"] == {"interpolation": "cubic", "level_shares": "equal",
-                                                    "control": "when it needs fewer samples"}
+    assert whole.settings["sampling"]["multilevel"] == MULTILEVEL_SCHEME  # another scheme's file is not resumed
+    assert set(np.unique(whole.metrics["train_control"])) <= {0.0, 1.0, 2.0}
     part = run_job(job(digits_ckpt, tmp_path / "b", max_points=7))  # stops inside the first levels
     assert samples_path(part.surf_file).is_file()  # the coarse points' per-sample values, for the resume
     resumed = run_job(job(digits_ckpt, tmp_path / "b")).surface
