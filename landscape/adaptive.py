@@ -36,7 +36,7 @@ from landscape.errors import LandscapeError
 # how landscape.multilevel builds its estimates (part of a coarse-to-fine file's settings)
 MULTILEVEL_SCHEME = {"interpolation": "cubic", "fallback": "linear", "level_shares": "equal",
                      "control": "the stencil or none that needs the fewest samples",
-                     "parents_stop_above_vmax_times": 1.5}
+                     "parents_stop_above_vmax_times": 1.5, "those parents": "level 0 and those with a control"}
 
 SumsFn = Callable[[int, int], torch.Tensor]  # (start, stop) -> (n_metrics, 2) float64 (sum, sum of squares)
 

@@ -31,10 +31,11 @@ grows, so a stencil with an imprecise parent, e.g. one stopped above vmax, loses
 mean or to the linear stencil that leaves that parent out); a point that uses the whole set is
 its direct mean (exact, SE 0). The stopping rules of `landscape.adaptive.estimate` apply (tolerance,
 vmax, low-loss, effective sample size) with one change: a point that has children stops on the
-vmax rule only once its lower bound is above PARENT_VMAX x vmax, since children between it and a
-neighbour below vmax may fall below vmax and need it precise (on the 51x51 CIFAR-10 ResNet-56
-surface 55 % of the forwards went to points near vmax whose parents had stopped at 256 samples
-above it: BENCHMARKS.md). The file records per point which estimate was used (`<split>_control`:
+vmax rule only once its lower bound is above PARENT_VMAX x vmax, if it is a level-0 point or uses
+a control, since children between it and a neighbour below vmax may fall below vmax and need it
+precise (on the 51x51 CIFAR-10 ResNet-56 surface 55 % of the forwards went to points near vmax
+whose parents had stopped at 256 samples above it; refining the direct ones of finer levels too
+cost more than it saved: BENCHMARKS.md). The file records per point which estimate was used (`<split>_control`:
 0 the direct mean, 1 the cubic or linear parents, 2 the linear fallback).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
@@ -297,6 +298,18 @@ class MultilevelMeasure:
     def _tolerance(self, p: int) -> float:
         return self.plan.tolerance * math.sqrt(level_share(int(self.h.level[p]), self.h.depth))
 
+    def _vmax(self, p: int, kind: int) -> float:
+        """Where p stops on the vmax rule. A point others interpolate from stops only well above
+        vmax (PARENT_VMAX x) when it is cheap to make precise there, at level 0 (the roots of
+        every stencil) or with a control of its own: its children may fall below vmax and need
+        it precise to use it. A direct point above vmax at a finer level stops as any point does:
+        making it precise costs a direct estimate's samples (30-50 k near vmax on CIFAR-10), more
+        than its children save."""
+        vmax = self.plan.vmax
+        if self.h.children[p] and (self.h.level[p] == 0 or kind > 0):
+            vmax += (PARENT_VMAX - 1) * abs(vmax)
+        return vmax
+
     def _terms(self, p: int, n: int, kind: int, own: bool = True) -> dict[tuple[int, int], float]:
         """The estimate of p at n samples as {(point, n): coefficient}, interpolated from stencil
         `kind` (`Hierarchy.stencil`; 0: the direct mean); `own=False`: the interpolation alone."""
@@ -365,11 +378,6 @@ class MultilevelMeasure:
                 if v < target:
                     v_anc[kind] = v
         kind, decided = 0, len(v_anc) == 1  # settled after the first chunk
-        # a point others interpolate from stops on the vmax rule only well above vmax: its
-        # children may fall below vmax and need it precise to use it as their control
-        vmax = plan.vmax
-        if vmax is not None and self.h.children[p]:
-            vmax += (PARENT_VMAX - 1) * abs(vmax)
         steps = []
         while True:
             exact = n >= size and self.population in (None, size)
@@ -404,7 +412,7 @@ class MultilevelMeasure:
                 want = 2 * n
             elif bound <= tol:
                 break
-            elif vmax is not None and loss - bound > vmax:
+            elif plan.vmax is not None and loss - bound > self._vmax(p, kind):
                 break
             else:
                 want = min(_predicted(loss_se ** 2, v_anc[kind], n, target), plan.max_growth * n)

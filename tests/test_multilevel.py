@@ -145,6 +145,8 @@ def test_parents_near_vmax_are_refined_and_a_point_falls_back_to_the_linear_sten
     assert rows[6][6] == 2 and h.stencil(6, 2) == [(4, 0.5), (8, 0.5)]
     assert rows[6][0] == pytest.approx(0.5 * rows[4][0] + 0.5 * rows[8][0], rel=1e-12)
     assert rows[2][6] == 0 and h.stencil(2, 2) == []  # its parents are linear already: no fallback
+    # s = -0.75 (loss 14.9) has children, but estimated directly it stops on the plain vmax rule
+    assert h.children[2] and rows[2][4] == 32 and rows[2][0] - 2 * rows[2][1] < PARENT_VMAX * plan.vmax
     assert rows[10][6] in (1, 2)  # all four cubic parents precise: a stencil, whichever needs fewer samples
 
 
