@@ -35,8 +35,8 @@ vmax rule only once its lower bound is above PARENT_VMAX x vmax, if it is a leve
 a control, since children between it and a neighbour below vmax may fall below vmax and need it
 precise (on the 51x51 CIFAR-10 ResNet-56 surface 55 % of the forwards went to points near vmax
 whose parents had stopped at 256 samples above it; refining the direct ones of finer levels too
-cost more than it saved: BENCHMARKS.md). The file records per point which estimate was used (`<split>_control`:
-0 the direct mean, 1 the cubic or linear parents, 2 the linear fallback).
+cost more than it saved: BENCHMARKS.md). The file records per point which estimate was used
+(`<split>_control`: 0 the direct mean, 1 the cubic or linear parents, 2 the linear fallback).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
 have children, in memory and in a file beside the surface (`SampleStore`, `<stem>_samples.h5`,
