@@ -126,21 +126,21 @@ class Hierarchy:
             i = idx[axis]
             below = np.flatnonzero(lv[axis] < lev)
             lo, hi = int(below[below < i].max()), int(below[below > i].min())
-            linear = [(lo, (hi - i) / (hi - lo)), (hi, (i - lo) / (hi - lo))]
-            weights = linear
-            d = i - lo
-            if cubic and hi - i == d and i - 3 * d in set(below) and i + 3 * d in set(below):
-                # the cubic through 4 equally spaced coarser points (exact for cubic polynomials)
-                weights = [(i - 3 * d, -1 / 16), (lo, 9 / 16), (hi, 9 / 16), (i + 3 * d, -1 / 16)]
 
             def flat(j: int) -> int:
                 q = list(idx)
                 q[axis] = j
                 return q[0] if len(q) == 1 else q[1] * nx + q[0]
 
-            self.parents[p] = [(flat(j), w) for j, w in weights]
-            if weights is not linear:  # the two bracketing points alone, when an outer one is imprecise
-                self.fallback[p] = [(flat(j), w) for j, w in linear]
+            linear = [(flat(lo), (hi - i) / (hi - lo)), (flat(hi), (i - lo) / (hi - lo))]
+            self.parents[p] = linear
+            d = i - lo
+            if cubic and hi - i == d and i - 3 * d in set(below) and i + 3 * d in set(below):
+                # the cubic through 4 equally spaced coarser points (exact for cubic polynomials), and
+                # the two bracketing points alone for when an outer one is imprecise
+                self.parents[p] = [(flat(i - 3 * d), -1 / 16), (flat(lo), 9 / 16), (flat(hi), 9 / 16),
+                                   (flat(i + 3 * d), -1 / 16)]
+                self.fallback[p] = linear
         self.children = np.zeros(size, dtype=np.int64)
         for ps in self.parents:
             for q, _ in ps:
