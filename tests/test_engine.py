@@ -114,6 +114,60 @@ def test_bf16_is_close_to_fp32_and_reported_error_is_honest():
         assert lb == pytest.approx(lr, rel=0.05)
 
 
+@pytest.mark.parametrize("compile_", [False, True])
+def test_bf16_weights_compute_what_autocast_computes(compile_):
+    """With BN folded, a ResNet runs with bf16 weights and no autocast: bit for bit the loss that
+    autocast gives on the float32 folded model at every point (compiled: within bf16 rounding, as
+    inductor fuses the elementwise ops differently), and restore brings the bf16 weights back."""
+    from landscape.evaluate import CastPointSetter, LowPrecisionModel
+
+    model = bn_model()
+    x, y = data(64)
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    names = [n for n, _ in tensors]
+    low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", compile=compile_), x, y)
+    assert "bf16: weights stored in bf16, run without autocast" in notes
+    master, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], EngineOptions())
+    autocast = Evaluator(master, x, y, precision="bf16")
+    for p, got in zip(POINTS, low):
+        setter.set(p)
+        expected = autocast()
+        assert got == (pytest.approx(expected, rel=2e-3) if compile_ else expected)
+    setter.restore()
+
+    eval_model, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y],
+                                           EngineOptions(precision="bf16"))
+    assert isinstance(eval_model, LowPrecisionModel) and isinstance(setter, CastPointSetter)
+    weights = dict(eval_model.inner.named_parameters())
+    moved = [n for n, t in weights.items() if t.dim() == 4]
+    before = {n: weights[n].clone() for n in moved}
+    setter.set(POINTS[1])
+    assert all(weights[n].dtype == torch.bfloat16 for n in moved)
+    assert not any(torch.equal(before[n], weights[n]) for n in moved)
+    setter.restore()
+    assert all(torch.equal(before[n], weights[n]) for n in moved)
+
+
+def test_bf16_keeps_autocast_for_models_with_normalization_layers():
+    model = bn_model()
+    x, y = data(64)
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    unfolded, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", fold_bn=False), x, y)
+    assert not any("bf16" in n for n in notes)  # BN stays: its statistics keep fp32 under autocast
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert unfolded[0][0] == pytest.approx(expected, rel=1e-6)
+
+    torch.manual_seed(0)
+    norm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
+                               torch.nn.Linear(32, 10)).eval()
+    from landscape.evaluate import stores_in_low_precision
+    assert not stores_in_low_precision(norm)
+    assert stores_in_low_precision(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.ReLU()))
+
+
 def test_batch_size_does_not_change_results_beyond_rounding():
     model = bn_model()
     x, y = data(50)
