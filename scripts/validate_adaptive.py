@@ -10,9 +10,14 @@ Two checks, each optional:
    sample count; and the coverage of +-2 SE for the same rule over `--reps` other random
    orders (how honest the bound is at that point, the low-loss region included).
 2. Surfaces (`--surface A --reference B`): an adaptive surface file against a full one of the
-   same grid, at every point: max |difference| where the full loss is below vmax, coverage of
-   +-2 SE, the forwards used against a full evaluation, and whether the two direction files
-   hold the same directions.
+   same grid (or of a grid that contains it), at every point: max |difference| where the full
+   loss is below vmax, coverage of +-2 SE per loss band, the forwards used against a full
+   evaluation, and whether the two direction files hold the same directions.
+3. Orders (`--surface A1 A2 ... --reference B`): the same surface computed in several common
+   random orders (`plot_surface.py --seed K --dir_file D`, the same directions). All points of
+   one run read the same first samples, so one run's errors are correlated across a region and
+   its coverage per band is a few draws; over the runs, the coverage per band pooled, its spread
+   between runs, and per point the fraction of runs whose +-2 SE covers the full value.
 
 Prints a summary and writes every number to `--json`.
 """
@@ -77,11 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an .npz of per-sample losses saved by --save-values (keys loss_<x>_<y>, hits_<x>_<y>): "
                         "the rule's coverage from them, with no forward pass")
     p.add_argument("--save-values", default=None, help="save the points' per-sample losses and hits to this .npz")
-    p.add_argument("--surface", default=None, help="an adaptive surface file")
+    p.add_argument("--surface", default=None, nargs="+",
+                   help="an adaptive surface file; several: the same surface in other sample orders")
     p.add_argument("--reference", default=None, help="a full surface file of the same grid")
     p.add_argument("--figure", default=None,
                    help="with --surface/--reference: write STEM.png/.pdf, the full and the adaptive contours "
-                        "beside |difference| / T")
+                        "beside |difference| / T (several surfaces: the per-point coverage over the orders "
+                        "beside the coverage per band)")
     p.add_argument("--vmin", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write every number here")
@@ -295,14 +302,22 @@ def _restrict(ref, ad, ad_path: str, ref_path: str):
     return ref
 
 
-def check_surfaces(args: argparse.Namespace) -> dict:
+BANDS = ((0, 1), (1, 2), (2, 5), (5, None))  # None: vmax
+
+
+def _bands(vmax: float):
+    return [(lo, vmax if hi is None else hi) for lo, hi in BANDS]
+
+
+def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
+    """One adaptive surface against the reference: (numbers, arrays for pooling across orders)."""
     from landscape.storage import read_surface
 
-    ad, ref = read_surface(args.surface), read_surface(args.reference)
+    ad, ref = read_surface(path), read_surface(args.reference)
     if ad.shape != ref.shape or not np.allclose(ad.x, ref.x) or (ad.y is not None and not np.allclose(ad.y, ref.y)):
-        ref = _restrict(ref, ad, args.surface, args.reference)
+        ref = _restrict(ref, ad, path, args.reference)
     if "train_loss_se" not in ad.metrics:
-        raise LandscapeError(f"{args.surface} has no train_loss_se: compute it with --tolerance")
+        raise LandscapeError(f"{path} has no train_loss_se: compute it with --tolerance")
     vmax = args.vmax
     tol = ((ad.settings or {}).get("sampling") or {}).get("tolerance")
     both = ad.done & ref.done
@@ -311,14 +326,15 @@ def check_surfaces(args: argparse.Namespace) -> dict:
     below = both & (r < vmax)
     covered = inside(err, se, r)
     bands = {}
-    for lo, hi in ((0, 1), (1, 2), (2, 5), (5, vmax)):
+    for lo, hi in _bands(vmax):
         m = both & (r >= lo) & (r < hi)
         if m.any():
             bands[f"{lo}-{hi}"] = {"points": int(m.sum()), "max_err": float(err[m].max()),
                                    "coverage_2se": float(covered[m].mean())}
     used, full = forwards_used(ad, "train")
     out = {
-        "surface": args.surface, "reference": args.reference, "tolerance": tol, "vmax": vmax,
+        "surface": path, "reference": args.reference, "tolerance": tol, "vmax": vmax,
+        "sample_seed": ((ad.settings or {}).get("sampling") or {}).get("seed"),
         "points": int(both.sum()), "points_below_vmax": int(below.sum()),
         "max_err_below_vmax": float(err[below].max()) if below.any() else float("nan"),
         "err_over_T_p99": float(np.quantile(err[below], 0.99) / tol) if below.any() and tol else None,
@@ -327,9 +343,10 @@ def check_surfaces(args: argparse.Namespace) -> dict:
         "bands": bands, "forwards_used": used, "forwards_full": full, "forwards_ratio": full / max(used, 1),
         "reference_precision": (ref.settings or {}).get("precision"), "precision": (ad.settings or {}).get("precision"),
     }
-    dirs = [_beside(f.dir_file, path) for f, path in ((ad, args.surface), (ref, args.reference))]
+    dirs = [_beside(f.dir_file, p) for f, p in ((ad, path), (ref, args.reference))]
     if all(d is not None for d in dirs):
         out["directions"] = _direction_difference(*dirs)
+    print(f"{path} (sample order seed {out['sample_seed']}):")
     print(f"surfaces: {out['points_below_vmax']} of {out['points']} points below vmax={vmax:g}: max |adaptive - full| "
           f"{out['max_err_below_vmax']:.4g} (T = {tol}); +-2 SE covers {out['coverage_2se_below_vmax']:.1%} there, "
           f"{out['coverage_2se_all']:.1%} of all points; forwards {used:,} vs {full:,} ({out['forwards_ratio']:.1f}x)")
@@ -337,10 +354,107 @@ def check_surfaces(args: argparse.Namespace) -> dict:
         print(f"  loss {k}: {b['points']} points, max |err| {b['max_err']:.4g}, coverage {b['coverage_2se']:.1%}")
     if "directions" in out:
         print(f"  directions: {out['directions']}")
+    arrays = {"both": both, "full": r, "covered": covered, "err": err, "x": ad.x, "y": ad.y, "tol": tol}
+    return out, {**arrays, "ad": ad, "ref": ref}
+
+
+def check_surfaces(args: argparse.Namespace) -> dict:
+    """`--surface` against `--reference`: one file as `check_surface`; several, each of them and
+    the coverage across their sample orders (`across_orders`)."""
+    runs = [check_surface(p, args) for p in args.surface]
+    if len(runs) == 1:
+        out, arr = runs[0]
+        if args.figure:
+            out["figure"] = [str(p) for p in comparison(arr["ad"], arr["ref"], args, out["tolerance"], out)]
+            print("figure: " + ", ".join(out["figure"]))
+        return out
+    out = {"runs": [o for o, _ in runs], "orders": across_orders(runs, args)}
     if args.figure:
-        out["figure"] = [str(p) for p in comparison(ad, ref, args, tol, out)]
+        out["figure"] = [str(p) for p in orders_figure(runs, out["orders"], args)]
         print("figure: " + ", ".join(out["figure"]))
     return out
+
+
+def across_orders(runs: list[tuple[dict, dict]], args: argparse.Namespace) -> dict:
+    """Coverage of +-2 SE over several sample orders of one surface: per band, pooled over the runs
+    and its least and largest value in one run; per point, the fraction of runs that cover it."""
+    seeds = [o["sample_seed"] for o, _ in runs]
+    if len(set(seeds)) != len(seeds):
+        raise LandscapeError(f"the surfaces share sample orders (seeds {seeds}); compute each with its own --seed")
+    first = runs[0][1]
+    for (o, a) in runs[1:]:
+        if a["covered"].shape != first["covered"].shape or not np.allclose(a["x"], first["x"]) or (
+                a["y"] is not None and not np.allclose(a["y"], first["y"])):
+            raise LandscapeError(f"{o['surface']} is not on the grid of {runs[0][0]['surface']}; "
+                                 "compare runs of the same grid")
+        if o.get("directions", {}).get("same") is False:
+            raise LandscapeError(f"{o['surface']} was computed along other directions than the reference")
+    both = np.all([a["both"] for _, a in runs], axis=0)
+    full = first["full"]
+    hits = np.sum([a["covered"] & both for _, a in runs], axis=0)
+    within = np.sum([(a["err"] <= (a["tol"] or np.inf)) & both for _, a in runs], axis=0)
+    frac = np.where(both, hits / len(runs), np.nan)
+    bands = {}
+    for lo, hi in _bands(args.vmax):
+        m = both & (full >= lo) & (full < hi)
+        if not m.any():
+            continue
+        per_run = [float(a["covered"][m].mean()) for _, a in runs]
+        bands[f"{lo}-{hi}"] = {"points": int(m.sum()), "coverage_2se_pooled": float(hits[m].sum() / (m.sum() * len(runs))),
+                               "coverage_2se_per_run": per_run, "coverage_2se_min_run": min(per_run),
+                               "coverage_2se_max_run": max(per_run),
+                               "within_T_pooled": float(within[m].sum() / (m.sum() * len(runs))),
+                               "point_coverage_min": float(frac[m].min())}
+    below = both & (full < args.vmax)
+    out = {"runs": len(runs), "seeds": seeds, "points": int(both.sum()), "points_below_vmax": int(below.sum()),
+           "coverage_2se_pooled_below_vmax": float(hits[below].sum() / (below.sum() * len(runs))) if below.any() else None,
+           "max_err_below_vmax_per_run": [o["max_err_below_vmax"] for o, _ in runs],
+           "within_T_pooled_below_vmax": float(within[below].sum() / (below.sum() * len(runs))) if below.any() else None,
+           "bands": bands, "point_coverage": frac.tolist()}
+    print(f"orders: {len(runs)} runs (seeds {', '.join(map(str, seeds))}), {out['points_below_vmax']} points below "
+          f"vmax: +-2 SE covers {out['coverage_2se_pooled_below_vmax']:.1%} pooled, |err| <= T at "
+          f"{out['within_T_pooled_below_vmax']:.1%}")
+    for k, b in bands.items():
+        print(f"  loss {k}: {b['points']} points, coverage pooled {b['coverage_2se_pooled']:.1%} "
+              f"(one run: {b['coverage_2se_min_run']:.1%} to {b['coverage_2se_max_run']:.1%}), "
+              f"the least covered point {b['point_coverage_min']:.0%} of the runs")
+    return out
+
+
+def orders_figure(runs: list[tuple[dict, dict]], orders: dict, args: argparse.Namespace) -> list[Path]:
+    """The fraction of runs whose +-2 SE covers each point (full-loss contours on top), beside the
+    coverage per band: pooled, and each run's."""
+    from matplotlib.figure import Figure
+
+    from landscape.plot import save_figure
+
+    a = runs[0][1]
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax = fig.add_subplot(1, 2, 1)
+    frac = np.array(orders["point_coverage"], dtype=float)
+    mesh = ax.pcolormesh(a["x"], a["y"], frac, shading="nearest", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(mesh, ax=ax, label=f"fraction of the {len(runs)} orders whose ±2 SE covers the full value")
+    levels = [lv for lv in (1, 2, 5) if lv < args.vmax]
+    ax.contour(a["x"], a["y"], a["full"], levels=levels, colors="white", linewidths=0.8)
+    ax.set_xlabel("x (direction 1)")
+    ax.set_ylabel("y (direction 2)")
+    ax.set_title("per point (white: full loss 1, 2, 5)")
+    ax = fig.add_subplot(1, 2, 2)
+    names = list(orders["bands"])
+    for i, k in enumerate(names):
+        b = orders["bands"][k]
+        ax.scatter([i] * len(b["coverage_2se_per_run"]), b["coverage_2se_per_run"], color="0.6", s=14,
+                   label="one order" if i == 0 else None)
+        ax.scatter([i], [b["coverage_2se_pooled"]], color="C3", s=50, marker="D",
+                   label="pooled" if i == 0 else None)
+    ax.axhline(0.95, color="0.3", linestyle="--", linewidth=0.8)
+    ax.axhline(0.90, color="0.3", linestyle=":", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [f"loss {k}\n({orders['bands'][k]['points']} pts)" for k in names])
+    ax.set_ylim(min(0.5, min(min(b["coverage_2se_per_run"]) for b in orders["bands"].values()) - 0.05), 1.01)
+    ax.set_ylabel("±2 SE coverage")
+    ax.legend(loc="lower right")
+    ax.set_title(f"per band over {len(runs)} sample orders")
+    return save_figure(fig, args.figure)
 
 
 def comparison(ad, ref, args: argparse.Namespace, tol: float | None, out: dict) -> list[Path]:
