@@ -260,21 +260,44 @@ def stores_in_low_precision(model: nn.Module) -> bool:
 
 class LowPrecisionModel(nn.Module):
     """A copy of `model` with its floating tensors stored in `dtype`, run without autocast: floating
-    input tensors are cast to `dtype` on the way in, floating output tensors back to float32 on the
-    way out (losses and metrics see float32, as under autocast). `inner` holds the copy; a
-    `CastPointSetter` keeps its weights equal to the rounded float32 ones."""
+    input tensors are cast to `dtype` on the way in, output tensors in `dtype` back to float32 on
+    the way out (losses and metrics see float32, as under autocast), inside tuples, lists and
+    dicts too. `inner` holds the copy; a `CastPointSetter` keeps its weights equal to the rounded
+    float32 ones."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
         self.inner = copy.deepcopy(_unwrapped(model)).to(dtype)  # keeps the channels_last strides
         self.dtype = dtype
 
-    def forward(self, x):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            x = x.to(self.dtype)
-        with torch.autocast(x.device.type if isinstance(x, torch.Tensor) else "cpu", enabled=False):
-            out = self.inner(x)
-        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+    def forward(self, *args, **kwargs):
+        args, kwargs = _cast((args, kwargs), lambda t: t.is_floating_point(), self.dtype)
+        first = next(_tensors((args, kwargs)), None)
+        with torch.autocast(first.device.type if first is not None else "cpu", enabled=False):
+            out = self.inner(*args, **kwargs)
+        return _cast(out, lambda t: t.dtype == self.dtype, torch.float32)
+
+
+def _cast(obj: Any, which, dtype: torch.dtype) -> Any:
+    """`obj` with the tensors for which `which(t)` holds cast to `dtype`, through tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if which(obj) else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast(o, which, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, which, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
 
 
 class CastPointSetter(PointSetter):

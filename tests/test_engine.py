@@ -149,6 +149,31 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
     assert all(torch.equal(before[n], weights[n]) for n in moved)
 
 
+def test_a_bf16_copy_takes_and_returns_float32_through_tuples_and_dicts():
+    from landscape.evaluate import LowPrecisionModel
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)
+
+        def forward(self, u, v, scale=None):
+            assert u.dtype == v.dtype == scale.dtype == torch.bfloat16
+            return {"out": (self.a(u) + self.b(v)) * scale, "pair": (self.a(u), torch.arange(3))}
+
+    torch.manual_seed(0)
+    model = TwoInputs()
+    low = LowPrecisionModel(model, torch.bfloat16)
+    u, v, scale = torch.randn(5, 3), torch.randn(5, 4), torch.tensor(2.0)
+    got = low(u, v, scale=scale)
+    assert got["out"].dtype == torch.float32 and got["pair"][0].dtype == torch.float32
+    assert got["pair"][1].dtype == torch.int64  # not floating: left alone
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(u.bfloat16(), v.bfloat16(), scale=scale.bfloat16())
+    torch.testing.assert_close(got["out"], expected["out"].float(), rtol=0, atol=0)
+    assert model.a.weight.dtype == torch.float32  # the original is untouched
+
+
 def test_bf16_keeps_autocast_for_models_with_normalization_layers():
     model = bn_model()
     x, y = data(64)
