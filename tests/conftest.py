@@ -1,4 +1,4 @@
-"""Shared fixtures: a small digits ResNet-20 checkpoint and the plot_surface script as a module."""
+"""Shared fixtures: a small digits ResNet-20 checkpoint and the scripts as modules."""
 
 from __future__ import annotations
 
@@ -30,10 +30,30 @@ def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+_SCRIPTS: dict[str, ModuleType] = {}
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py imported in-process, once per session (a subprocess pays ~3 s for torch)."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
+
+
+@pytest.fixture(scope="session")
+def script():
+    """`script("name")`: scripts/name.py as a module (see `load_script`)."""
+    return load_script
+
+
 @pytest.fixture(scope="session")
 def plot_surface() -> ModuleType:
-    """scripts/plot_surface.py imported in-process (a subprocess pays ~3 s for torch)."""
-    spec = importlib.util.spec_from_file_location("plot_surface", ROOT / "scripts" / "plot_surface.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("plot_surface")
+
+
+@pytest.fixture(scope="session")
+def merge() -> ModuleType:
+    return load_script("merge_surfaces")

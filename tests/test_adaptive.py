@@ -14,7 +14,6 @@ from landscape.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.errors import LandscapeError
 from landscape.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis
-from landscape.storage import read_surface
 from landscape.surface import SurfaceJob, run_job
 
 

@@ -8,7 +8,6 @@ prepared inputs; the folder is fingerprinted before and after each case.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -42,14 +41,6 @@ class World:
     def base(self, *more: str) -> list[str]:
         return ["--ckpt", str(self.ckpt), "--x=-1:1:3", "--y=-1:1:3", "--n-samples", "16", "--no-progress",
                 "--out", str(self.out), *more]
-
-
-@pytest.fixture(scope="module")
-def merge() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("merge_surfaces", ROOT / "scripts" / "merge_surfaces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -22,17 +21,13 @@ from landscape.models import get_model  # noqa: E402
 from landscape.plot import comparison_figure  # noqa: E402
 from landscape.storage import Surface, read_surface, write_surface  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"model", "checkpoint", "surface", "center_loss", "center_acc", "neg_curvature_fraction",
             "n_local_minima", "basin_width"}
 
 
 @pytest.fixture(scope="module")
-def compare_skip() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compare_skip", ROOT / "scripts" / "compare_skip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare_skip(script) -> ModuleType:
+    return script("compare_skip")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ The multi-process tests launch real gloo ranks with `python -m torch.distributed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import runpy
@@ -218,15 +217,6 @@ def test_a_failing_rank_is_named_and_the_gathered_points_are_on_disk(tmp_path, m
 
 
 # ------------------------------------------------------------------------- job arrays
-
-
-@pytest.fixture(scope="module")
-def merge():
-    """scripts/merge_surfaces.py imported in-process."""
-    spec = importlib.util.spec_from_file_location("merge_surfaces", ROOT / "scripts" / "merge_surfaces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shards_merged_equal_the_unsharded_surface(plot_surface, merge, capsys, digits_ckpt, tmp_path) -> None:

@@ -1,6 +1,4 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +9,6 @@ from landscape.errors import LandscapeError
 from landscape.models import get_model
 from landscape.train import OPTIMIZERS, TrainConfig, flip_crop, lr_factor, train
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_step_decay_and_warmup():
@@ -53,10 +50,8 @@ def test_bad_optimizer():
         TrainConfig(optimizer="lbfgs")
 
 
-def test_train_script_writes_checkpoint_snapshots_and_manifest(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_train_script_writes_checkpoint_snapshots_and_manifest(script, tmp_path, capsys):
+    mod = script("train")
     out = tmp_path / "run" / "final.pt"
     manifest = tmp_path / "MANIFEST.json"
     mod.main(["--model", "resnet20", "--dataset", "digits", "--epochs", "2", "--save-every", "1",

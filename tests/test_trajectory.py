@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from landscape.surface import SurfaceJob, run_job
 from landscape.trajectory import (covering_axes, path_length, project_trajectory, read_projection, snapshot_paths,
                                   trajectory_pca, write_projection)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_net() -> nn.Module:
@@ -202,10 +200,8 @@ def trained_snapshots(tmp_path_factory):
     return folder
 
 
-def test_plot_trajectory_script_end_to_end(trained_snapshots, tmp_path):
-    spec = importlib.util.spec_from_file_location("plot_trajectory", ROOT / "scripts" / "plot_trajectory.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_plot_trajectory_script_end_to_end(script, trained_snapshots, tmp_path):
+    mod = script("plot_trajectory")
     out = mod.main(["--model_folder", str(trained_snapshots), "--start_epoch", "0", "--max_epoch", "4",
                     "--save_epoch", "1", "--n-samples", "64", "--num", "4", "--device", "cpu",
                     "--out", str(tmp_path)])
@@ -322,10 +318,8 @@ def test_bn_recompute_refuses_a_model_without_batchnorm_and_tiny_batches():
 # ---------------------------------------------------------------------------- optimizers on one plane
 
 
-def test_compare_optimizers_script_on_a_tiny_budget(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("compare_optimizers", ROOT / "scripts" / "compare_optimizers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_compare_optimizers_script_on_a_tiny_budget(script, tmp_path, capsys):
+    mod = script("compare_optimizers")
     argv = ["--optimizers", "SGD", "Adam", "CalibratedAdam", "--epochs", "2", "--n-train", "96", "--num", "3",
             "--n-samples", "32", "--device", "cpu", "--out", str(tmp_path)]
     out = mod.main(argv)

@@ -1,9 +1,7 @@
 """scripts/validate_adaptive.py on surface files: one adaptive surface against a full one, and the
 same surface in several sample orders (coverage pooled per band and per point)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +9,11 @@ import pytest
 from landscape.errors import LandscapeError
 from landscape.storage import Surface, write_surface
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def validate():
-    spec = importlib.util.spec_from_file_location("validate_adaptive", ROOT / "scripts" / "validate_adaptive.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def validate(script):
+    return script("validate_adaptive")
 
 
 def surface(path, loss, se=None, seed=None, x=None, y=None):
