@@ -3,6 +3,7 @@ same surface in several sample orders (coverage pooled per band and per point)."
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -87,3 +88,26 @@ def test_orders_refuse_a_repeated_seed_and_another_grid(validate, tmp_path) -> N
     a2 = surface(tmp_path / "a2.h5", np.ones((5, 5)), np.full((5, 5), 0.1), seed=6)
     with pytest.raises(LandscapeError, match="not on the grid of"):
         validate.check_surfaces(validate.parse_args(["--surface", str(a2), str(small), "--reference", str(big)]))
+
+
+def test_points_on_the_whole_set_measure_the_references_arithmetic(validate, tmp_path) -> None:
+    """A point evaluated on the whole set has SE 0: its difference from the reference is arithmetic
+    (bf16 on another device), and `auto` allows that relative difference everywhere."""
+    full = np.array([[2.0, 4.0, 4.0]])
+    ref = surface(tmp_path / "full.h5", full)
+    se = np.array([[0.0, 0.02, 0.02]])
+    est = full + np.array([[0.01, 0.05, 0.09]])  # 5e-3 relative; 2.5 SE; 4.5 SE
+    path = surface(tmp_path / "a.h5", est, se, seed=0)
+    with h5py.File(path, "r+") as f:
+        f["train_n"][0, 0] = 1000  # the whole set (n_samples 1000)
+    out = validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref)]))
+    assert out["whole_set_points"] == 1 and out["whole_set_rel_diff_max"] == pytest.approx(5e-3)
+    assert out["precision_allowance"] == pytest.approx(5e-3)
+    assert out["coverage_2se_below_vmax"] == 0.0  # strict: 0.01 > 0, 0.05 > 0.04, 0.09 > 0.04
+    assert out["coverage_2se_allowed_below_vmax"] == pytest.approx(2 / 3)  # 0.05 <= 0.04 + 0.02; 0.09 > 0.06
+    fixed = validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref),
+                                                         "--precision-allowance", "0"]))
+    assert fixed["coverage_2se_allowed_below_vmax"] == 0.0
+    with pytest.raises(LandscapeError, match="--precision-allowance"):
+        validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref),
+                                                     "--precision-allowance", "some"]))
