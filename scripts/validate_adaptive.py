@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision-allowance", default="auto",
                    help="with --surface: also the coverage of +-(2 SE + REL |full loss|), for a reference computed "
                         "in other arithmetic (e.g. bf16 on a GPU); 'auto': the largest relative difference at the "
-                        "points the adaptive run evaluated on the whole set (there the SE is 0 and any "
-                        "difference is arithmetic), 0 where there are none")
+                        "points the adaptive run evaluated on the whole set, when that set is the reference's (there "
+                        "the SE is 0 and any difference is arithmetic), 0 where there are none")
     p.add_argument("--vmin", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="write every number here")
@@ -315,6 +315,15 @@ def _bands(vmax: float):
     return [(lo, vmax if hi is None else hi) for lo, hi in BANDS]
 
 
+def _set_size(surf) -> int | None:
+    """The training set size a surface file records (`n_samples` attribute), if it does."""
+    sizes = surf.attrs.get("n_samples")
+    if isinstance(sizes, str):
+        sizes = json.loads(sizes)
+    size = sizes.get("train") if isinstance(sizes, dict) else None
+    return int(size) if size is not None else None
+
+
 def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
     """One adaptive surface against the reference: (numbers, arrays for pooling across orders)."""
     from landscape.storage import read_surface
@@ -332,7 +341,9 @@ def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
     below = both & (r < vmax)
     covered = inside(err, se, r)
     used, full = forwards_used(ad, "train")
-    whole = both & (ad.metrics["train_n"] >= full / max(int(ad.done.sum()), 1))  # evaluated on the whole set
+    size = full // max(int(ad.done.sum()), 1)
+    # points evaluated on the whole set, when that set is the reference's (a --n-samples subset is not)
+    whole = both & (ad.metrics["train_n"] >= size) if _set_size(ref) == size else np.zeros_like(both)
     rel_diff = err[whole] / np.maximum(np.abs(r[whole]), 1e-12)
     if args.precision_allowance == "auto":
         allowance = float(rel_diff.max()) if rel_diff.size else 0.0

@@ -17,15 +17,15 @@ def validate(script):
     return script("validate_adaptive")
 
 
-def surface(path, loss, se=None, seed=None, x=None, y=None):
+def surface(path, loss, se=None, seed=None, x=None, y=None, size=1000):
     ny, nx = loss.shape
     s = Surface(x=np.linspace(-1, 1, nx) if x is None else x, y=np.linspace(-1, 1, ny) if y is None else y)
     s.metrics["train_loss"] = loss
+    s.attrs["n_samples"] = json.dumps({"train": size})
     if se is not None:
         s.metrics["train_loss_se"] = se
         s.metrics["train_n"] = np.full(loss.shape, 100.0)
-        s.attrs.update(n_samples=json.dumps({"train": 1000}),
-                       settings=json.dumps({"sampling": {"tolerance": 0.125, "z": 2.0, "seed": seed}}))
+        s.attrs["settings"] = json.dumps({"sampling": {"tolerance": 0.125, "z": 2.0, "seed": seed}})
     s.done[:] = True
     write_surface(path, s)
     return path
@@ -108,6 +108,10 @@ def test_points_on_the_whole_set_measure_the_references_arithmetic(validate, tmp
     fixed = validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref),
                                                          "--precision-allowance", "0"]))
     assert fixed["coverage_2se_allowed_below_vmax"] == 0.0
+    # a reference over another set (here 2,000 samples): the 1,000 are a subset, their difference is sampling
+    other = surface(tmp_path / "full2000.h5", full, size=2000)
+    subset = validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(other)]))
+    assert subset["whole_set_points"] == 0 and subset["precision_allowance"] == 0.0
     with pytest.raises(LandscapeError, match="--precision-allowance"):
         validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref),
                                                      "--precision-allowance", "some"]))
