@@ -222,14 +222,23 @@ class SampledMeasure:
         return tuple(x for m, e in zip(est.means, est.ses) for x in (m, e)) + (float(est.n),)
 
 
+def set_size(surf, prefix: str = "train") -> int | None:
+    """The size of the `prefix` split's set as the surface's `n_samples` attribute records it, if it does."""
+    import json
+
+    sizes = surf.attrs.get("n_samples")
+    if isinstance(sizes, str):
+        sizes = json.loads(sizes)
+    size = sizes.get(prefix) if isinstance(sizes, dict) else None
+    return int(size) if size is not None else None
+
+
 def forwards_used(surf, prefix: str = "train") -> tuple[int, int]:
     """(samples evaluated over the done points, samples a full evaluation of those points takes).
 
     The full count is the done points times the set size stored in the surface's `n_samples`
     attribute (or, without it, the largest `n` seen).
     """
-    import json
-
     import numpy as np
 
     key = f"{prefix}_n"
@@ -239,9 +248,6 @@ def forwards_used(surf, prefix: str = "train") -> tuple[int, int]:
     # a coarse-to-fine surface also counts the samples parents added to serve as controls
     cost = f"{prefix}_forwards" if f"{prefix}_forwards" in surf.metrics else key
     used = int(np.nansum(surf.metrics[cost][done]))
-    sizes = surf.attrs.get("n_samples")
-    if isinstance(sizes, str):
-        sizes = json.loads(sizes)
-    size = (sizes or {}).get(prefix) if isinstance(sizes, dict) else None
-    size = int(size) if size is not None else int(np.nanmax(surf.metrics[key][done]))
+    size = set_size(surf, prefix)
+    size = size if size is not None else int(np.nanmax(surf.metrics[key][done]))
     return used, int(done.sum()) * size

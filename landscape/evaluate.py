@@ -272,33 +272,24 @@ class LowPrecisionModel(nn.Module):
         self.dtype = dtype
 
     def forward(self, *args, **kwargs):
-        args, kwargs = _cast((args, kwargs), lambda t: t.is_floating_point(), self.dtype)
-        first = next(_tensors((args, kwargs)), None)
-        with torch.autocast(first.device.type if first is not None else "cpu", enabled=False):
+        low, full = self.dtype, torch.float32
+        args, kwargs = map_tensors(lambda t: t.to(low) if t.is_floating_point() else t, (args, kwargs))
+        weight = next(self.inner.parameters(), None)
+        with torch.autocast(weight.device.type if weight is not None else "cpu", enabled=False):
             out = self.inner(*args, **kwargs)
-        return _cast(out, lambda t: t.dtype == self.dtype, torch.float32)
+        return map_tensors(lambda t: t.to(full) if t.dtype == low else t, out)
 
 
-def _cast(obj: Any, which, dtype: torch.dtype) -> Any:
-    """`obj` with the tensors for which `which(t)` holds cast to `dtype`, through tuples, lists and dicts."""
+def map_tensors(fn, obj: Any) -> Any:
+    """`obj` with every tensor t replaced by fn(t), also inside tuples, lists and mappings (a
+    mapping comes back as a dict)."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if which(obj) else obj
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast(o, which, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _cast(v, which, dtype) for k, v in obj.items()}
+        return type(obj)(map_tensors(fn, o) for o in obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
     return obj
-
-
-def _tensors(obj: Any):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
 
 
 class CastPointSetter(PointSetter):
@@ -309,11 +300,9 @@ class CastPointSetter(PointSetter):
 
     def __init__(self, setter: PointSetter, master: nn.Module, copy_: nn.Module):
         self.live, self.theta0, self.dirs = setter.live, setter.theta0, setter.dirs
-        moving = {t.data_ptr() for t in self.live}
+        name_of = {t.data_ptr(): name for name, t in _floating_tensors(master)}  # live tensors share storage
         low = dict(_floating_tensors(copy_))
-        pairs = [(hi, low[name]) for name, hi in _floating_tensors(master) if hi.data_ptr() in moving]
-        self.high = [hi for hi, _ in pairs]
-        self.low = [lo for _, lo in pairs]
+        self.low = [low[name_of[t.data_ptr()]] for t in self.live]  # aligned with self.live
 
     @torch.no_grad()
     def set(self, coords: Sequence[float]) -> None:
@@ -327,7 +316,7 @@ class CastPointSetter(PointSetter):
 
     def _sync(self) -> None:
         if self.low:
-            torch._foreach_copy_(self.low, self.high)
+            torch._foreach_copy_(self.low, self.live)
 
 
 def _floating_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

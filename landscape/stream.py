@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from landscape.errors import LandscapeError
 from landscape.evaluate import (PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode,
-                                input_layout)
+                                input_layout, map_tensors)
 
 DEFAULT_POINTS_PER_PASS = 8
 
@@ -33,13 +33,7 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """Tensors (also inside tuples, lists and dicts) moved to `device`, asynchronously from pinned memory."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
+    return map_tensors(lambda t: t.to(device, non_blocking=True), obj)
 
 
 def forward(model: nn.Module, inputs: Any) -> Any:

@@ -25,6 +25,7 @@ Prints a summary and writes every number to `--json`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from landscape.adaptive import SamplingPlan, estimate, forwards_used, sample_order  # noqa: E402
+from landscape.adaptive import SamplingPlan, estimate, forwards_used, sample_order, set_size  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis, Grid  # noqa: E402
 
@@ -291,7 +292,8 @@ def _beside(dir_file: str | None, surf_path: str) -> str | None:
 
 
 def _restrict(ref, ad, ad_path: str, ref_path: str):
-    """The reference on the adaptive surface's grid, when that grid is part of the reference's."""
+    """The reference on the adaptive surface's grid, when that grid is part of the reference's (a
+    shallow copy; `ref` is left as it is)."""
     def at(sub, full, axis):
         if sub is None and full is None:
             return None
@@ -302,6 +304,7 @@ def _restrict(ref, ad, ad_path: str, ref_path: str):
         return np.array([int(i[0]) for i in idx])
     ix, iy = at(ad.x, ref.x, "x"), at(ad.y, ref.y, "y")
     pick = (lambda a: a[np.ix_(iy, ix)]) if iy is not None else (lambda a: a[ix])
+    ref = copy.copy(ref)  # the caller's reference serves other surfaces too; every field below is replaced
     ref.metrics = {k: pick(v) for k, v in ref.metrics.items()}
     ref.done = pick(ref.done)
     ref.x, ref.y = ad.x, ad.y
@@ -315,20 +318,12 @@ def _bands(vmax: float):
     return [(lo, vmax if hi is None else hi) for lo, hi in BANDS]
 
 
-def _set_size(surf) -> int | None:
-    """The training set size a surface file records (`n_samples` attribute), if it does."""
-    sizes = surf.attrs.get("n_samples")
-    if isinstance(sizes, str):
-        sizes = json.loads(sizes)
-    size = sizes.get("train") if isinstance(sizes, dict) else None
-    return int(size) if size is not None else None
-
-
-def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """One adaptive surface against the reference: (numbers, arrays for pooling across orders)."""
+def check_surface(path: str, reference, args: argparse.Namespace) -> tuple[dict, dict]:
+    """One adaptive surface against the reference (a Surface read from `args.reference`):
+    (numbers, arrays for pooling across orders)."""
     from landscape.storage import read_surface
 
-    ad, ref = read_surface(path), read_surface(args.reference)
+    ad, ref = read_surface(path), reference
     if ad.shape != ref.shape or not np.allclose(ad.x, ref.x) or (ad.y is not None and not np.allclose(ad.y, ref.y)):
         ref = _restrict(ref, ad, path, args.reference)
     if "train_loss_se" not in ad.metrics:
@@ -343,7 +338,7 @@ def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
     used, full = forwards_used(ad, "train")
     size = full // max(int(ad.done.sum()), 1)
     # points evaluated on the whole set, when that set is the reference's (a --n-samples subset is not)
-    whole = both & (ad.metrics["train_n"] >= size) if _set_size(ref) == size else np.zeros_like(both)
+    whole = both & (ad.metrics["train_n"] >= size) if set_size(ref) == size else np.zeros_like(both)
     rel_diff = err[whole] / np.maximum(np.abs(r[whole]), 1e-12)
     if args.precision_allowance == "auto":
         allowance = float(rel_diff.max()) if rel_diff.size else 0.0
@@ -401,7 +396,10 @@ def check_surface(path: str, args: argparse.Namespace) -> tuple[dict, dict]:
 def check_surfaces(args: argparse.Namespace) -> dict:
     """`--surface` against `--reference`: one file as `check_surface`; several, each of them and
     the coverage across their sample orders (`across_orders`)."""
-    runs = [check_surface(p, args) for p in args.surface]
+    from landscape.storage import read_surface
+
+    reference = read_surface(args.reference)
+    runs = [check_surface(p, reference, args) for p in args.surface]
     if len(runs) == 1:
         out, arr = runs[0]
         if args.figure:
