@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from landscape import surface as _surface
-from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
+from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order, stratify_sets
 from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
@@ -209,7 +209,8 @@ def compute_surface(
         group: the ranks of a torchrun/srun job (`landscape.distributed`): they share the points,
             rank 0 alone writes; the values are the same bit for bit as with one process.
         sampling: error bars and adaptive sampling (`landscape.adaptive.SamplingPlan`, e.g.
-            `SamplingPlan(tolerance=0.125, vmax=10)`, `multilevel=True` for coarse to fine): the
+            `SamplingPlan(tolerance=0.125, vmax=10)`, `multilevel=True` for coarse to fine,
+            `strata=256` for an order stratified by the center's per-sample loss): the
             file gets `<split>_loss_se`, `<split>_<metric>_se` and `<split>_n`. Resident data only.
     Returns:
         the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y); None on ranks other than 0.
@@ -250,6 +251,7 @@ def compute_surface(
         for ev in measures.values():
             if batch_size is None:  # a point grows in whole batches: none larger than the first chunk
                 ev.batch_size = min(ev.batch_size, sampling.n0)
+        orders = stratify_sets(measures, setter, sampling, group, notes) if sampling.strata else None
         measures = {s: (MultilevelMeasure(ev, sampling, grid) if sampling.multilevel else SampledMeasure(ev, sampling))
                     for s, ev in measures.items()}
 
@@ -269,6 +271,8 @@ def compute_surface(
     }
     if sampling is not None:
         settings["sampling"] = sampling.settings()
+        if orders is not None:
+            settings["sampling"]["order"] = orders
     attrs = {"model": type(model).__name__, "loss_name": _name(loss), "splits": ",".join(prepared),
              "evaluation": {s: p.mode for s, p in prepared.items()}, "directions": dirs.attrs, "device": str(device),
              "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1

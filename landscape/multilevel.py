@@ -21,7 +21,10 @@ Every estimate is a linear combination of prefix means, sum_t c_t mean_{[0, n_t)
 of per-sample values read in the one common order. For nested prefixes of one random order,
 Cov(mean_{n} X, mean_{m} Y) = Cov(X, Y) / max(n, m), so the estimate's variance is
 sum_{s,t} c_s c_t Cov(ell_{u_s}, ell_{u_t}) / max(n_s, n_t), each covariance taken over the
-common prefix (no finite-population factor, as in `landscape.adaptive`). Level k of levels 0..L
+common prefix (no finite-population factor, as in `landscape.adaptive`). In a stratified order
+(`--stratify`) the same formula is an upper bound: each covariance then counts the part the
+strata remove, and that part adds a positive semidefinite term (the min(1/n_s, 1/n_t) kernel
+times a covariance matrix) to the variance. Level k of levels 0..L
 aims at a bound z * SE <= T * sqrt((k + 1) / (L + 1)) (an equal share of the variance budget per
 level), so the finest points reach T with their ancestors' error included.
 After its first chunk a point takes, of the direct mean and its stencils (the cubic, and where

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
-from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order
+from landscape.adaptive import SampledMeasure, SamplingPlan, order_path, sample_order, stratify_sets
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.data import check_normalization, load_dataset, resolve_normalization
@@ -632,6 +632,12 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         for ev in evaluators.values():
             if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk
                 ev.batch_size = min(ev.batch_size, job.sampling.n0)
+        if job.sampling.strata:
+            # the order's file is keyed to the other settings; --overwrite computes it again
+            key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            settings["sampling"]["order"] = stratify_sets(evaluators, setter, job.sampling, group, notes,
+                                                          order_path(surf_file), key,
+                                                          resume=surf_file.exists() and not job.overwrite)
         if job.sampling.multilevel:
             measures = {s: MultilevelMeasure(ev, job.sampling, grid, populations[s]) for s, ev in evaluators.items()}
         else:

@@ -184,6 +184,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--multilevel", action="store_true",
                    help="with --tolerance: coarse to fine, each finer point uses the interpolation of its coarser "
                         "neighbours as a control variate (one process; landscape/multilevel.py)")
+    a.add_argument("--stratify", nargs="?", type=int, const=256, default=0, metavar="K",
+                   help="with --tolerance: order the samples so that every prefix holds each of K strata of the "
+                        "center's per-sample loss in proportion (one extra pass over the set; --stratify alone: "
+                        "K = 256). Points near the minimum then cannot all read too many or too few of the few "
+                        "images that carry their mean; the reported SE stays the plain, conservative one")
     return p.parse_args(argv)
 
 
@@ -191,6 +196,8 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
     """The error-bar / adaptive-sampling settings the flags ask for (None: exact means)."""
     if args.multilevel and args.tolerance is None:
         raise LandscapeError("--multilevel needs --tolerance: it refines points until their bound is below it")
+    if args.stratify and args.tolerance is None:
+        raise LandscapeError("--stratify needs --tolerance: it orders the samples points read a prefix of")
     if args.tolerance is None and args.n_samples is None:
         return None
     tol = None
@@ -203,7 +210,8 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
             raise LandscapeError(f"--tolerance must be a number (or given alone for vlevel/4), "
                                  f"got {args.tolerance!r}") from None
     return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax if tol is not None else None,
-                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, multilevel=args.multilevel)
+                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, multilevel=args.multilevel,
+                        strata=args.stratify)
 
 
 def build_job(args: argparse.Namespace) -> SurfaceJob:

@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from landscape.adaptive import SamplingPlan, estimate, forwards_used, sample_order, set_size  # noqa: E402
+from landscape.adaptive import (SamplingPlan, estimate, forwards_used, sample_order, set_size,  # noqa: E402
+                                stratified_order)
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis, Grid  # noqa: E402
 
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--z", type=float, default=2.0)
     p.add_argument("--n-low", type=int, default=2048)
     p.add_argument("--low-loss", type=float, default=0.1)
+    p.add_argument("--stratify", nargs="?", type=int, const=256, default=0, metavar="K",
+                   help="points/values: the orders stratified into K strata of the center's per-sample loss, as "
+                        "plot_surface.py --stratify makes them (--stratify alone: K = 256)")
     p.add_argument("--values", default=None,
                    help="an .npz of per-sample losses saved by --save-values (keys loss_<x>_<y>, hits_<x>_<y>): "
                         "the rule's coverage from them, with no forward pass")
@@ -104,7 +108,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def plan_of(args: argparse.Namespace) -> SamplingPlan:
     tol = args.tolerance if args.tolerance is not None else args.vlevel / 4
     return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax, low_loss=args.low_loss,
-                        n_low=args.n_low, seed=args.seed)
+                        n_low=args.n_low, seed=args.seed, strata=args.stratify)
+
+
+def orders(n: int, plan: SamplingPlan, key: np.ndarray | None, rng: np.random.Generator):
+    """A new random order of n samples for each call: plain, or stratified by `key` (the center's
+    per-sample losses in the same indexing) when the plan asks for strata."""
+    if not plan.strata:
+        return lambda: rng.permutation(n)
+    key_t = torch.from_numpy(np.asarray(key, dtype=np.float64))
+    return lambda: stratified_order(key_t, plan.strata, int(rng.integers(2 ** 62))).numpy()
+
+
+def run_order(n: int, plan: SamplingPlan, key: np.ndarray | None) -> np.ndarray:
+    """The order the adaptive run itself reads (the saved values are in its common random order)."""
+    if not plan.strata:
+        return np.arange(n)
+    return stratified_order(torch.from_numpy(np.asarray(key, dtype=np.float64)), plan.strata, plan.seed).numpy()
 
 
 def inside(err, se, full, rel: float = 0.0):
@@ -123,12 +143,14 @@ def array_sums(values: np.ndarray, hits: np.ndarray):
 
 
 def rule_coverage(values: np.ndarray, hits: np.ndarray, plan: SamplingPlan, batch: int, reps: int,
-                  rng: np.random.Generator) -> dict:
-    """The stopping rule over `reps` random orders: coverage of +-2 SE, errors and samples used."""
+                  rng: np.random.Generator, key: np.ndarray | None = None) -> dict:
+    """The stopping rule over `reps` random orders (stratified by `key` when the plan has strata):
+    coverage of +-2 SE, errors and samples used."""
     full = float(values.mean())
     covered, errs, ns, ratios = [], [], [], []
+    draw = orders(len(values), plan, key, rng)
     for _ in range(reps):
-        o = rng.permutation(len(values))
+        o = draw()
         est = estimate(array_sums(values[o], hits[o]), len(values), batch, plan)
         err = abs(est.loss - full)
         covered.append(inside(err, est.loss_se, full))
@@ -140,12 +162,15 @@ def rule_coverage(values: np.ndarray, hits: np.ndarray, plan: SamplingPlan, batc
             "rms_err_over_se": float(np.sqrt(np.mean(np.square(ratios))))}
 
 
-def fixed_n_coverage(values: np.ndarray, n: int, reps: int, rng: np.random.Generator) -> float:
-    """Coverage of the plain normal mean +- 2 SE (finite-population corrected) from n random samples."""
+def fixed_n_coverage(values: np.ndarray, n: int, reps: int, rng: np.random.Generator,
+                     plan: SamplingPlan | None = None, key: np.ndarray | None = None) -> float:
+    """Coverage of the plain normal mean +- 2 SE (finite-population corrected) from n random samples
+    (the first n of a stratified order when `plan` has strata)."""
     full = values.mean()
     hits = 0
+    draw = orders(len(values), plan, key, rng) if plan is not None and plan.strata else None
     for _ in range(reps):
-        s = values[rng.choice(len(values), n, replace=False)]
+        s = values[draw()[:n]] if draw is not None else values[rng.choice(len(values), n, replace=False)]
         se = s.std(ddof=1) / math.sqrt(n) * math.sqrt(1 - n / len(values))
         hits += inside(abs(s.mean() - full), se, full)
     return hits / reps
@@ -196,16 +221,18 @@ def check_points(args: argparse.Namespace) -> dict:
                         if i != center]
     fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
     plan = plan_of(args)
-    rows, saved = [], {}
+    rows, saved, key = [], {}, None
     for k, idx in enumerate(picks):
         t0 = time.perf_counter()
         setter.set(pts[idx])
         vals, hits = per_sample(eval_model, x, y, cross_entropy, args.batch_size, args.precision, device)
         full = float(vals.mean())
         saved[f"loss_{pts[idx][0]:g}_{pts[idx][1]:g}"], saved[f"hits_{pts[idx][0]:g}_{pts[idx][1]:g}"] = vals, hits
-        est = estimate(array_sums(vals, hits), len(vals), args.batch_size, plan)
-        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng)
-        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng) for n in fixed if n < len(vals)}
+        key = vals if key is None else key  # the center comes first
+        o = run_order(len(vals), plan, key)
+        est = estimate(array_sums(vals[o], hits[o]), len(vals), args.batch_size, plan)
+        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng, key)
+        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng, plan, key) for n in fixed if n < len(vals)}
         row = {"x": float(pts[idx][0]), "y": float(pts[idx][1]), "full": full, "adaptive": est.loss,
                "se": est.loss_se, "n": est.n, "N": len(vals), "err": abs(est.loss - full),
                "covered": inside(abs(est.loss - full), est.loss_se, full), "rule": sim,
@@ -226,13 +253,24 @@ def check_values(args: argparse.Namespace) -> dict:
     data = np.load(args.values)
     plan, rng, rows = plan_of(args), np.random.default_rng(args.point_seed), []
     fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
+    center = data["loss_0_0"].astype(np.float64) if "loss_0_0" in data.files else None
+    if plan.strata and center is None:
+        raise LandscapeError(f"{args.values} has no center (loss_0_0): --stratify orders the samples by its losses")
     for key in sorted(k for k in data.files if k.startswith("loss_")):
         vals = data[key].astype(np.float64)
         hits = data["hits_" + key[5:]] if "hits_" + key[5:] in data.files else np.ones_like(vals)
         full = float(vals.mean())
-        est = estimate(array_sums(vals, hits), len(vals), args.batch_size, plan)
-        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng)
-        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng) for n in fixed if n < len(vals)}
+        # a point saved for a prefix of the common order (fewer values than the center) is
+        # stratified by the center's losses on that prefix
+        if center is not None and plan.strata and len(vals) > len(center):
+            raise LandscapeError(f"{args.values}: {key} has {len(vals)} values, the center {len(center)}; "
+                                 "--stratify needs the center's losses for every sample of a point")
+        ckey = center[:len(vals)] if center is not None else None
+        o = run_order(len(vals), plan, ckey)
+        est = estimate(array_sums(vals[o], hits[o]), len(vals), args.batch_size, plan)
+        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng, ckey)
+        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng, plan, ckey) for n in fixed
+                          if n < len(vals)}
         x, y = (float(c) for c in key[5:].split("_"))
         rows.append({"x": x, "y": y, "full": full, "adaptive": est.loss, "se": est.loss_se, "n": est.n,
                      "N": len(vals), "err": abs(est.loss - full),

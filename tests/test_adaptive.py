@@ -4,12 +4,14 @@ common random numbers, and resume through the CLI job."""
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from landscape.adaptive import SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, sample_order
+from landscape.adaptive import (SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, order_path,
+                                sample_order)
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.errors import LandscapeError
 from landscape.evaluate import Evaluator, PointSetter
@@ -145,12 +147,15 @@ def test_adaptive_shards_merge_into_the_whole_surface(digits_ckpt, tmp_path) -> 
     from landscape.distributed import Shard
     from landscape.storage import merge_surfaces
 
-    whole = run_job(job(digits_ckpt, tmp_path / "w")).surface
-    paths = [run_job(job(digits_ckpt, tmp_path / "s", shard=Shard(i, 2))).surf_file for i in range(2)]
-    merged, _ = merge_surfaces(paths)
-    assert merged.done.all()
-    for m in whole.metrics:
-        np.testing.assert_array_equal(merged.metrics[m], whole.metrics[m], err_msg=m)
+    for strata in (0, 8):  # a stratified order: each shard computes the same one
+        plan = SamplingPlan(tolerance=0.5, n0=32, vmax=10.0, strata=strata)
+        whole = run_job(job(digits_ckpt, tmp_path / f"w{strata}", sampling=plan)).surface
+        paths = [run_job(job(digits_ckpt, tmp_path / f"s{strata}", shard=Shard(i, 2), sampling=plan)).surf_file
+                 for i in range(2)]
+        merged, _ = merge_surfaces(paths)
+        assert merged.done.all() and merged.settings == whole.settings
+        for m in whole.metrics:
+            np.testing.assert_array_equal(merged.metrics[m], whole.metrics[m], err_msg=m)
 
 
 def test_cli_tolerance_defaults_to_a_quarter_of_vlevel(plot_surface) -> None:
@@ -205,3 +210,103 @@ def test_a_few_heavy_samples_keep_the_point_going() -> None:
     guarded = estimate(ev.sums, n, 32, SamplingPlan(tolerance=2.0, n0=32, low_loss=0.0, ess_min=10.0))
     s = v[:guarded.n]
     assert float(s.sum() ** 2 / s.square().sum()) >= 10 and guarded.n >= 1800
+
+
+def test_stratified_order_holds_every_stratum_in_every_round() -> None:
+    from landscape.adaptive import stratified_order
+
+    key = torch.randn(1003, generator=torch.Generator().manual_seed(1))
+    k = 16
+    order = stratified_order(key, k, seed=0)
+    assert sorted(order.tolist()) == list(range(1003))  # a permutation
+    m = 1003 // k  # 62 samples per stratum, 11 left over
+    rank = torch.empty(1003, dtype=torch.long)
+    rank[torch.argsort(key)] = torch.arange(1003)
+    # the leftover samples are a random subset and come last; the others, ranked among themselves,
+    # fall into blocks of m: every round of k positions holds one sample of each block
+    body = order[: k * m]
+    block = torch.argsort(torch.argsort(rank[body])) // m
+    for t in range(m):
+        assert sorted(block[t * k:(t + 1) * k].tolist()) == list(range(k))
+    assert torch.equal(stratified_order(key, k, seed=0), order)
+    assert not torch.equal(stratified_order(key, k, seed=1), order)
+    assert torch.equal(stratified_order(key[:3], 16, seed=0).sort().values, torch.arange(3))  # too few: random
+
+
+def test_stratified_order_is_unbiased_and_its_prefixes_vary_less() -> None:
+    """Every sample is equally likely at every position (chi-square over 4,000 seeded orders), so a
+    prefix mean is unbiased; with a key that explains the values its variance falls."""
+    from landscape.adaptive import stratified_order
+
+    n, k, reps = 22, 4, 4000  # 5 per stratum, 2 left over
+    key = torch.arange(n, dtype=torch.float64)
+    counts = torch.zeros(n, n)
+    for s in range(reps):
+        counts[stratified_order(key, k, s), torch.arange(n)] += 1
+    expected = reps / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    dof = (n - 1) ** 2
+    assert abs(chi2 - dof) < 4 * math.sqrt(2 * dof), chi2  # a biased rule (e.g. the leftovers by rank) fails
+
+    values = key ** 2  # what the key explains
+    strat = torch.stack([values[stratified_order(key, k, s)[:8]].mean() for s in range(reps)])
+    plain = torch.stack([values[sample_order(n, s)[:8]].mean() for s in range(reps)])
+    assert abs(float(strat.mean()) - float(values.mean())) < 4 * float(strat.std()) / math.sqrt(reps)
+    assert float(strat.var()) < 0.2 * float(plain.var())
+
+
+def test_stratified_job_records_its_order_and_resumes_bit_for_bit(digits_ckpt, tmp_path) -> None:
+    plan = SamplingPlan(tolerance=0.5, n0=32, vmax=10.0, strata=8)
+    whole = run_job(job(digits_ckpt, tmp_path / "a", sampling=plan))
+    order = whole.surface.settings["sampling"]["order"]
+    assert set(order) == {"train"} and whole.surface.settings["sampling"]["strata"] == 8
+    assert any("stratified into 8 strata" in n for n in whole.notes)
+    plain = run_job(job(digits_ckpt, tmp_path / "p")).surface
+    assert "order" not in plain.settings["sampling"] and "strata" not in plain.settings["sampling"]
+    assert not np.array_equal(plain.metrics["train_loss"], whole.surface.metrics["train_loss"])  # another order
+    part = run_job(job(digits_ckpt, tmp_path / "b", sampling=plan, max_points=4))
+    assert order_path(part.surf_file).exists()
+    resumed = run_job(job(digits_ckpt, tmp_path / "b", sampling=plan))
+    assert any(f"read from {order_path(part.surf_file)}" in n for n in resumed.notes)  # not computed again
+    for m in whole.surface.metrics:
+        np.testing.assert_array_equal(resumed.surface.metrics[m], whole.surface.metrics[m], err_msg=m)
+    with pytest.raises(LandscapeError, match="other settings"):
+        run_job(job(digits_ckpt, tmp_path / "b", sampling=SamplingPlan(tolerance=0.5, n0=32, vmax=10.0, strata=4)))
+    # the stored order is what a resumed run reads: another one there is refused by the settings check
+    with h5py.File(order_path(part.surf_file), "a") as f:
+        f["train"][...] = f["train"][()][::-1]
+    with pytest.raises(LandscapeError, match="other settings.*order"):
+        run_job(job(digits_ckpt, tmp_path / "b", sampling=plan))
+    # --overwrite computes it again
+    again = run_job(job(digits_ckpt, tmp_path / "b", sampling=plan, overwrite=True))
+    assert again.surface.settings == whole.surface.settings
+
+
+def test_stratified_tolerance_zero_is_the_exact_mean_of_the_reordered_set(digits_ckpt, digits300) -> None:
+    from landscape.adaptive import center_values, stratify
+    from landscape.checkpoint import build_model, load_checkpoint
+
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    x, y = digits300
+    ev = Evaluator(model, x, y, batch_size=32)
+    w = next(model.parameters())
+    setter = PointSetter([w], [[torch.randn_like(w)]])
+    before = center_values(ev, setter)
+    order = stratify(ev, setter, SamplingPlan(tolerance=0.0, n0=32, low_loss=0.0, strata=16))
+    assert torch.equal(ev.y, y[order]) and torch.equal(center_values(ev, setter), before[order])
+    sampled = SampledMeasure(ev, SamplingPlan(tolerance=0.0, n0=32, low_loss=0.0))()
+    assert sampled[4] == 300 and sampled[1] == 0.0
+    assert (sampled[0], sampled[2]) == Evaluator(model, x[order], y[order], batch_size=32)()  # bit for bit
+    assert sampled[0] == pytest.approx(float(before.mean()), rel=1e-6)
+    assert stratify(ev, setter, SamplingPlan(tolerance=0.0)) is None  # strata 0: unchanged
+
+
+def test_cli_stratify(plot_surface) -> None:
+    plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "--stratify"])).sampling
+    assert plan.strata == 256
+    plan = plot_surface.build_job(plot_surface.parse_args(["--tolerance", "0.1", "--stratify", "64"])).sampling
+    assert plan.strata == 64
+    with pytest.raises(LandscapeError, match="--stratify needs --tolerance"):
+        plot_surface.build_job(plot_surface.parse_args(["--n-samples", "100", "--stratify"]))
+    with pytest.raises(LandscapeError, match="at least 2 strata"):
+        SamplingPlan(tolerance=0.1, strata=1)

@@ -123,17 +123,19 @@ def test_api_sampling_equals_the_cli_and_refuses_streamed_data(plot_surface, dig
     model, _, _ = build_model(load_checkpoint(digits_ckpt))
     d = load_dataset("digits", "train", n_samples=128, seed=0)
     data = (DEFAULT_NORMALIZATION["digits"].apply(d.x), d.y)
-    for extra, multilevel in (([], False), (["--multilevel"], True)):
-        cli_file = tmp_path / f"cli{multilevel}.h5"
+    for extra, multilevel, strata in (([], False, 0), (["--multilevel"], True, 0),
+                                      (["--multilevel", "--stratify", "8"], True, 8)):
+        cli_file = tmp_path / f"cli{multilevel}{strata}.h5"
         argv = ["--ckpt", str(digits_ckpt), "--x=-1:1:5", "--y=-1:1:3", "--n-samples", "128", "--tolerance", "0.4",
                 "--n0", "32", "--out", str(tmp_path), "--surf_file", str(cli_file), "--no-progress", *extra]
         assert plot_surface.main(argv) == 0
         cli = read_surface(cli_file)
-        plan = ll.SamplingPlan(tolerance=0.4, n0=32, vmax=10.0, multilevel=multilevel)
+        plan = ll.SamplingPlan(tolerance=0.4, n0=32, vmax=10.0, multilevel=multilevel, strata=strata)
         api = ll.compute_surface(model, data, metrics={"acc": ll.metrics.accuracy}, x=ll.Axis(-1, 1, 5),
-                                 y=ll.Axis(-1, 1, 3), out=tmp_path / f"api{multilevel}.h5", progress=False,
+                                 y=ll.Axis(-1, 1, 3), out=tmp_path / f"api{multilevel}{strata}.h5", progress=False,
                                  sampling=plan)
         assert api.settings["sampling"]["tolerance"] == 0.4
+        assert api.settings["sampling"].get("order") == cli.settings["sampling"].get("order")  # the same order
         for m in cli.metrics:
             assert np.array_equal(api.metrics[m], cli.metrics[m]), (multilevel, m)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=32)

@@ -126,6 +126,22 @@ def test_two_gloo_ranks_equal_one_process_and_resume_a_partial_file(plot_surface
         ["one.h5", "two.h5", f"{digits_ckpt.stem}_dirs_weights_2d_seed0.h5"])
 
 
+def test_two_gloo_ranks_read_rank_0s_stratified_order(plot_surface, capsys, digits_ckpt, tmp_path) -> None:
+    """Adaptive sampling in a stratified order (rank 0 computes it, rank 1 applies the same): 2 ranks
+    give the one-process surface bit for bit, with the same order in the settings."""
+    base = ["--ckpt", str(digits_ckpt), *GRID, "--tolerance", "0.5", "--n0", "16", "--stratify", "8",
+            "--threads", "1", "--no-progress", "--out", str(tmp_path)]
+    one = tmp_path / "one.h5"
+    assert plot_surface.main([*base, "--surf_file", str(one)]) == 0
+    capsys.readouterr()
+    two = tmp_path / "two.h5"
+    proc = torchrun(2, ROOT / "scripts" / "plot_surface.py", [*base, "--surf_file", str(two)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_surface(one), read_surface(two)
+    assert_same_surface(a, b)
+    assert a.settings == b.settings and "order" in b.settings["sampling"] and b.attrs["ranks"] == 2
+
+
 def test_two_srun_tasks_equal_one_process(plot_surface, capsys, digits_ckpt, tmp_path) -> None:
     """srun's environment (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, one node, no MASTER_ADDR), as srun sets it."""
     base = ["--ckpt", str(digits_ckpt), *GRID, *SMALL, "--out", str(tmp_path)]

@@ -115,3 +115,35 @@ def test_points_on_the_whole_set_measure_the_references_arithmetic(validate, tmp
     with pytest.raises(LandscapeError, match="--precision-allowance"):
         validate.check_surfaces(validate.parse_args(["--surface", str(path), "--reference", str(ref),
                                                      "--precision-allowance", "some"]))
+
+
+def test_values_with_stratified_orders(validate, tmp_path) -> None:
+    """--stratify draws the orders plot_surface.py --stratify reads: a point whose losses the center's
+    explain is estimated far more precisely than in plain random orders (the same plain SE, so it is
+    covered more often), and the single run's order is the job's (stratified_order with its seed)."""
+    import torch
+
+    from landscape.adaptive import stratified_order
+
+    rng = np.random.default_rng(0)
+    center = rng.exponential(size=2000) ** 2  # skewed, as near a minimum
+    point = center * 3 + rng.normal(scale=0.3, size=2000)  # what the center explains, and a little more
+    values = tmp_path / "v.npz"
+    np.savez(values, loss_0_0=center, hits_0_0=np.ones(2000), **{"loss_0.5_0": point, "hits_0.5_0": np.ones(2000)})
+    common = ["--values", str(values), "--tolerance", "2", "--n0", "64", "--batch-size", "64", "--reps", "200",
+              "--fixed-n", "64", "--low-loss", "0", "--vmax", "100"]
+    plain = validate.check_values(validate.parse_args(common))
+    strat = validate.check_values(validate.parse_args(common + ["--stratify", "32"]))
+    p_row, s_row = (next(r for r in out["rows"] if r["x"] == 0.5) for out in (plain, strat))
+    assert s_row["rule"]["rms_err_over_se"] < 0.5 * p_row["rule"]["rms_err_over_se"]
+    assert s_row["rule"]["fixed_n"][64] > p_row["rule"]["fixed_n"][64]
+    assert strat["plan"]["strata"] == 32 and "strata" not in plain["plan"]
+    order = stratified_order(torch.from_numpy(center), 32, 0).numpy()
+    assert np.array_equal(validate.run_order(2000, validate.plan_of(validate.parse_args(common + ["--stratify", "32"])),
+                                             center), order)
+    np.savez(tmp_path / "short.npz", loss_0_0=center[:100], **{"loss_0.5_0": point})
+    with pytest.raises(LandscapeError, match="has 2000 values, the center 100"):
+        validate.check_values(validate.parse_args(["--values", str(tmp_path / "short.npz"), "--stratify"]))
+    np.savez(tmp_path / "nocenter.npz", **{"loss_0.5_0": point})
+    with pytest.raises(LandscapeError, match="no center"):
+        validate.check_values(validate.parse_args(["--values", str(tmp_path / "nocenter.npz"), "--stratify"]))
