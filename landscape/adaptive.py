@@ -255,12 +255,17 @@ def stratify(evaluator, setter, plan: SamplingPlan) -> torch.Tensor | None:
     """Put `evaluator`'s set, in place, into the order `stratified_order` makes from the center's
     per-sample losses (one pass over the set) when `plan.strata` asks for it; returns the
     permutation applied (None: unchanged)."""
-    if not plan.strata or plan.tolerance is None:
+    if not plan.strata:  # SamplingPlan allows strata only with a tolerance
         return None
     order = stratified_order(center_values(evaluator, setter), plan.strata, plan.seed)
+    _reorder(evaluator, order)
+    return order
+
+
+def _reorder(evaluator, order: torch.Tensor) -> None:
+    """Put `evaluator`'s set, in place, into `order` (indices into it as it is)."""
     idx = order.to(evaluator.x.device)
     evaluator.x, evaluator.y = evaluator.x[idx], evaluator.y[idx]
-    return order
 
 
 def order_path(surface_path) -> Path:
@@ -291,8 +296,7 @@ def stratify_sets(evaluators: dict, setter, plan: SamplingPlan, group=None, note
             read = orders is not None
             if read:
                 for s, ev in evaluators.items():
-                    idx = orders[s].to(ev.x.device)
-                    ev.x, ev.y = ev.x[idx], ev.y[idx]
+                    _reorder(ev, orders[s])
             else:
                 orders = {s: stratify(ev, setter, plan) for s, ev in evaluators.items()}
                 if path is not None and not resume:
@@ -307,8 +311,7 @@ def stratify_sets(evaluators: dict, setter, plan: SamplingPlan, group=None, note
         orders, read = group.broadcast((orders, read) if main else None)
         if not main:
             for s, ev in evaluators.items():
-                idx = orders[s].to(ev.x.device)
-                ev.x, ev.y = ev.x[idx], ev.y[idx]
+                _reorder(ev, orders[s])
     if notes is not None:
         how = (f"read from {path}" if read else
                f"one pass over {', '.join(f'{len(ev)} {s}' for s, ev in evaluators.items())} samples")
