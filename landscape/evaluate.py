@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from landscape import losses as _losses
 from landscape.errors import LandscapeError
-from landscape.fold import fold_batchnorm
+from landscape.fold import fold_batchnorm, fuse_conv_activation
 from landscape.metrics import accuracy
 
 # precision -> autocast dtype (None: no autocast). tf32 is fp32 storage with TF32 tensor-core
@@ -249,6 +250,11 @@ class PointSetter:
 LOW_PRECISION_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    t = next(iter([*model.parameters(), *model.buffers()]), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 def stores_in_low_precision(model: nn.Module) -> bool:
     """Whether `model` can run with its weights stored in bf16 (see LOW_PRECISION_LAYERS): every
     module that holds floating parameters or buffers of its own is a convolution or linear layer."""
@@ -427,6 +433,7 @@ class EngineOptions:
     fold_bn: bool = True  # fold BatchNorm into the preceding layer where that is exact
     compile: bool = False  # torch.compile the evaluation model (pays off from ~100 points)
     batch_size: int | None = None
+    fuse: bool = True  # eager on CPU: a folded model's conv + ReLU (+ residual) as one oneDNN call
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -442,7 +449,11 @@ def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[tor
     when folding is not exact (BN tensors move) or not possible, the model itself is used.
     In bf16, a model whose only tensor-holding layers are convolutions and linear layers (after
     folding) is evaluated as a `LowPrecisionModel` with bf16 weights, moved by a `CastPointSetter`;
-    others run under autocast. Returns (eval_model, setter, notes).
+    others run under autocast. With `fuse`, a folded model run eagerly on the CPU in fp32 (or in
+    bf16 as a `LowPrecisionModel`) has its convolutions and the ReLU (and residual addition) after
+    them fused into one oneDNN call each (`fold.fuse_conv_activation`); under `compile` inductor
+    does its own fusion (and on this CPU was slower with these calls in the graph: BENCHMARKS.md).
+    Returns (eval_model, setter, notes).
     """
     notes = []
     eval_model, setter = model, None
@@ -455,7 +466,14 @@ def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[tor
             notes.append(f"BatchNorm not folded: {why}")
     if setter is None:
         setter = PointSetter(tensors, directions)
-    if PRECISIONS[options.precision] is torch.bfloat16 and stores_in_low_precision(eval_model):
+    low_precision = PRECISIONS[options.precision] is torch.bfloat16 and stores_in_low_precision(eval_model)
+    if (options.fuse and not options.compile and isinstance(eval_model, torch.fx.GraphModule)
+            and _device_of(eval_model).type == "cpu"
+            and (options.precision == "fp32" or (low_precision and torch.ops.mkldnn._is_mkldnn_bf16_supported()))):
+        fused = fuse_conv_activation(eval_model)
+        if fused:
+            notes.append(f"fused {fused} convolutions with the ReLU (and residual addition) after them")
+    if low_precision:
         low = LowPrecisionModel(eval_model, torch.bfloat16)
         setter = CastPointSetter(setter, eval_model, low.inner)
         eval_model = low

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -42,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = {
     "fp32": EngineOptions(precision="fp32", fold_bn=True),
     "fp32-nofold": EngineOptions(precision="fp32", fold_bn=False),
+    "fp32-nofuse": EngineOptions(precision="fp32", fold_bn=True, fuse=False),
+    "bf16-nofuse": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
     "tf32": EngineOptions(precision="tf32", fold_bn=True),
     "bf16": EngineOptions(precision="bf16", fold_bn=True),
     "fp16": EngineOptions(precision="fp16", fold_bn=True),
@@ -141,7 +144,7 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         if opts.precision == "fp16" and device.type != "cuda":
             print(f"skipping {mode}: fp16 is for CUDA", file=sys.stderr)
             continue
-        opts = EngineOptions(opts.precision, opts.fold_bn, opts.compile, batch_size)
+        opts = dataclasses.replace(opts, batch_size=batch_size)
         eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
         ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
         batches[mode] = ev.batch_size

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.fx
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.evaluate import EngineOptions, Evaluator, prepare_engine
@@ -102,6 +103,63 @@ def test_untraceable_model_falls_back():
     assert folded is None and "torch.fx" in why
 
 
+@pytest.mark.parametrize("name,expected", [("resnet20", 19), ("resnet20_b", 19), ("resnet20_noshort", 19),
+                                           ("resnet50", 49), ("vgg9", 7)])
+def test_fused_convolutions_compute_what_the_folded_model_computes(name, expected):
+    """conv + ReLU and conv + residual + ReLU as one oneDNN call each (eager, CPU): the losses equal
+    the unfused folded model's to float rounding at every point (so the fused graph reads the moving
+    weights), in fp32 and, within bf16 rounding, in bf16; the model's tensors keep their names."""
+    model = bn_model(name)
+    x, y = data(32)
+    if name == "resnet50":
+        x = x.repeat(1, 3, 1, 1)  # resnet50 takes 3 channels
+        model = get_model(name, num_classes=10, in_channels=3).eval()
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    unfused, notes = losses(model, tensors, dirs, EngineOptions(fuse=False), x, y)
+    assert not any(n.startswith("fused") for n in notes)
+    fused, notes = losses(model, tensors, dirs, EngineOptions(), x, y)
+    assert f"fused {expected} convolutions with the ReLU (and residual addition) after them" in notes
+    for (lu, au), (lf, af) in zip(unfused, fused):
+        assert lf == pytest.approx(lu, rel=1e-6) and af == au
+    assert len({lf for lf, _ in fused}) == len(POINTS)  # the points differ
+    low_unfused, _ = losses(model, tensors, dirs, EngineOptions(precision="bf16", fuse=False), x, y)
+    low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16"), x, y)
+    assert any(n.startswith("fused") for n in notes)
+    for (lu, _), (lf, _) in zip(low_unfused, low):
+        assert lf == pytest.approx(lu, rel=2e-2)
+    names = [n for n, _ in tensors]
+    _, _, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], EngineOptions(compile=True))
+    assert not any(n.startswith("fused") for n in notes)  # inductor fuses on its own
+
+
+def test_fusion_leaves_other_patterns_alone():
+    """Only a convolution whose one user is a ReLU, or an addition followed by a ReLU, is fused."""
+    from landscape.fold import conv_add_relu, fuse_conv_activation
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(2, 2, 3, padding=1)
+            self.b = torch.nn.Conv2d(2, 2, 3, padding="same")
+            self.c = torch.nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            k = torch.relu(h) + h  # two users: not fused
+            g = torch.sigmoid(self.c(k))  # not a ReLU
+            return torch.relu(self.b(g)) + torch.relu(self.c(g) + g)  # 'same' padding: not fused; c + add + ReLU: fused
+
+    net = Net().eval()
+    gm = torch.fx.symbolic_trace(net)
+    x = torch.randn(3, 2, 5, 5)
+    assert fuse_conv_activation(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert conv_add_relu in targets
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-6, atol=1e-6)
+
+
 def test_bf16_is_close_to_fp32_and_reported_error_is_honest():
     model = bn_model()
     x, y = data(64)
@@ -126,9 +184,10 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
     tensors = target_tensors(model, "weights")
     dirs = make_directions(tensors, DirectionSpec(), seed=0)
     names = [n for n, _ in tensors]
-    low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", compile=compile_), x, y)
+    low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", compile=compile_, fuse=False), x, y)
     assert "bf16: weights stored in bf16, run without autocast" in notes
-    master, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], EngineOptions())
+    master, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y],
+                                       EngineOptions(fuse=False))  # the fused oneDNN calls do not autocast
     autocast = Evaluator(master, x, y, precision="bf16")
     for p, got in zip(POINTS, low):
         setter.set(p)
