@@ -150,9 +150,10 @@ def fuse_conv_activation(gm: torch.fx.GraphModule) -> int:
     """Replace, in place, every 2-D convolution followed only by a ReLU, or by an addition and a
     ReLU (a residual block's end), by one oneDNN call that applies them as post-ops
     (`conv_relu`, `conv_add_relu`: `torch.ops.mkldnn._convolution_pointwise`, the kernels inductor
-    uses on CPU): one pass over the output instead of two or three. Returns the number of convolutions fused (0 when oneDNN is
-    not available). For CPU models in float32 (the result is the same to the last bit in the tests)
-    or bfloat16 (the addition and ReLU act on the float32 accumulator before the one rounding).
+    uses on CPU): one pass over the output instead of two or three. Returns the number of
+    convolutions fused (0 when oneDNN is not available). For CPU models in float32 (the tests find
+    the unfused losses to 1e-6) or bfloat16 (the addition and ReLU act on the float32 accumulator
+    before the one rounding).
 
     The graph reads each convolution's weight and bias by name (`get_attr`), so a point written
     into the module's tensors in place is what the next forward pass uses; the modules stay (unused)
