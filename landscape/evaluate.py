@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -251,7 +252,7 @@ LOW_PRECISION_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    t = next(iter([*model.parameters(), *model.buffers()]), None)
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
     return t.device if t is not None else torch.device("cpu")
 
 

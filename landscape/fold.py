@@ -200,7 +200,7 @@ def fuse_conv_activation(gm: torch.fx.GraphModule) -> int:
         with graph.inserting_before(last):
             new = graph.call_function(op, args)
         last.replace_all_uses_with(new)
-        for dead in ([last, user, node] if last is not user else [user, node]):
+        for dead in dict.fromkeys([last, user, node]):  # users first; last is user for a lone ReLU
             graph.erase_node(dead)
         fused += 1
     if fused:
