@@ -415,7 +415,7 @@ class MultilevelMeasure:
                 want = 2 * n
             elif bound <= tol:
                 break
-            elif plan.vmax is not None and loss - bound > self._vmax(p, kind):
+            elif plan.vmax is not None and loss - plan.z_vmax * loss_se > self._vmax(p, kind):
                 break
             else:
                 want = min(_predicted(loss_se ** 2, v_anc[kind], n, target), plan.max_growth * n)

@@ -177,6 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(--n-samples alone: a fixed subset, with the same error bars)")
     a.add_argument("--n0", type=int, default=256, help="samples of a point's first chunk (default 256)")
     a.add_argument("--z", type=float, default=2.0, help="the bound is z standard errors (default 2)")
+    a.add_argument("--z-vmax", type=float, default=3.5,
+                   help="a point stops above --vmax once its loss minus this many SE is above it (default 3.5: "
+                        "such a stop leaves an error far beyond the tolerance, so it asks for more confidence)")
     a.add_argument("--n-low", type=int, default=2048,
                    help="points whose mean loss is below --low-loss use at least this many samples: their "
                         "per-sample losses are too skewed for the normal SE at small n (default 2048)")
@@ -210,6 +213,7 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
             raise LandscapeError(f"--tolerance must be a number (or given alone for vlevel/4), "
                                  f"got {args.tolerance!r}") from None
     return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax if tol is not None else None,
+                        z_vmax=args.z_vmax,
                         low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, multilevel=args.multilevel,
                         strata=args.stratify)
 

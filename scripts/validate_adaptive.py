@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vmax", type=float, default=10.0)
     p.add_argument("--n0", type=int, default=256)
     p.add_argument("--z", type=float, default=2.0)
+    p.add_argument("--z-vmax", type=float, default=3.5)
     p.add_argument("--n-low", type=int, default=2048)
     p.add_argument("--low-loss", type=float, default=0.1)
     p.add_argument("--stratify", nargs="?", type=int, const=256, default=0, metavar="K",
@@ -107,8 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan_of(args: argparse.Namespace) -> SamplingPlan:
     tol = args.tolerance if args.tolerance is not None else args.vlevel / 4
-    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax, low_loss=args.low_loss,
-                        n_low=args.n_low, seed=args.seed, strata=args.stratify)
+    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax, z_vmax=args.z_vmax,
+                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, strata=args.stratify)
 
 
 def orders(n: int, plan: SamplingPlan, key: np.ndarray | None, rng: np.random.Generator):

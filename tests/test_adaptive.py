@@ -88,6 +88,29 @@ def test_points_above_vmax_and_low_loss_points() -> None:
     assert estimate(ev.sums, len(ev), 32, SamplingPlan(tolerance=10.0, n0=64, low_loss=0.5, n_low=1024)).n == 1024
 
 
+def test_the_vmax_rule_asks_for_z_vmax_standard_errors() -> None:
+    """A point whose first chunk lies 2-3.5 SE above vmax stops there with z_vmax = 2 and goes on
+    with the default 3.5 until its loss minus 3.5 SE clears vmax (or its bound meets T)."""
+    x, y, _ = known_set(3000)
+    ev, setter = shifted(x, y, sample_order(3000, 0), batch=32)
+    plan = SamplingPlan(tolerance=0.001, n0=64, vmax=10.0, low_loss=0.0)
+    assert plan.z_vmax == 3.5
+    setter.set([0.0])
+    first = estimate(ev.sums, len(ev), 32, SamplingPlan(tolerance=1e9, n0=64, low_loss=0.0))
+    assert first.n == 64
+    loss, se = first.loss, first.loss_se
+    # shift the losses so that the first chunk reads 2.75 SE above vmax (a shift moves no SE)
+    setter.set([10.0 + 2.75 * se - loss])
+    lax = estimate(ev.sums, len(ev), 32, SamplingPlan(tolerance=0.001, n0=64, vmax=10.0, low_loss=0.0, z_vmax=2.0))
+    assert lax.n == 64 and lax.loss - 2 * lax.loss_se > 10.0
+    strict = estimate(ev.sums, len(ev), 32, plan)
+    assert strict.n > 64 and strict.steps[0][1] == pytest.approx(lax.loss, rel=1e-12)
+    assert all(m - 3.5 * e <= 10.0 for _, m, e in strict.steps[:-1])  # no earlier stop was allowed
+    assert strict.loss - 3.5 * strict.loss_se > 10.0 or 2 * strict.loss_se <= plan.tolerance or strict.n == len(ev)
+    with pytest.raises(LandscapeError, match="--z-vmax must be > 0"):
+        SamplingPlan(tolerance=0.1, z_vmax=0.0)
+
+
 def test_common_random_numbers_neighbouring_points_read_the_same_samples() -> None:
     x, y, _ = known_set(3000)
     ev, setter = shifted(x, y, sample_order(3000, 7), batch=32)

@@ -137,16 +137,16 @@ def test_parents_near_vmax_are_refined_and_a_point_falls_back_to_the_linear_sten
     rows = run_all(m, setter, grid)
     h = m.h
     assert PARENT_VMAX * plan.vmax < 17 and h.children[0] and h.children[4]
-    assert rows[0][4] == 32 and rows[0][0] - 2 * rows[0][1] > PARENT_VMAX * plan.vmax
+    assert rows[0][4] == 32 and rows[0][0] - plan.z_vmax * rows[0][1] > PARENT_VMAX * plan.vmax
     first = (x[:32, 0] - 0.5 * x[:32, 1]).numpy()  # the point at s = -0.5 after its first chunk
-    assert first.mean() - 2 * first.std(ddof=1) / math.sqrt(32) > plan.vmax  # the plain rule would stop here
+    assert first.mean() - plan.z_vmax * first.std(ddof=1) / math.sqrt(32) > plan.vmax  # the plain rule would stop
     assert rows[4][4] > 32 and 2 * rows[4][1] <= plan.tolerance * math.sqrt(level_share(0, h.depth)) + 1e-12
     assert h.stencil(6, 1) == [(0, -1 / 16), (4, 9 / 16), (8, 9 / 16), (12, -1 / 16)]
     assert rows[6][6] == 2 and h.stencil(6, 2) == [(4, 0.5), (8, 0.5)]
     assert rows[6][0] == pytest.approx(0.5 * rows[4][0] + 0.5 * rows[8][0], rel=1e-12)
     assert rows[2][6] == 0 and h.stencil(2, 2) == []  # its parents are linear already: no fallback
     # s = -0.75 (loss 14.9) has children, but estimated directly it stops on the plain vmax rule
-    assert h.children[2] and rows[2][4] == 32 and rows[2][0] - 2 * rows[2][1] < PARENT_VMAX * plan.vmax
+    assert h.children[2] and rows[2][4] == 32 and rows[2][0] - plan.z_vmax * rows[2][1] < PARENT_VMAX * plan.vmax
     assert rows[10][6] in (1, 2)  # all four cubic parents precise: a stencil, whichever needs fewer samples
 
 
