@@ -46,9 +46,12 @@ def tf32_mode(device: torch.device, allow: bool):
 # CPU_ACTIVATION_BUDGET elements (4 MiB in fp32, an eighth of this EPYC's L3), within
 # [CPU_BATCH_MIN, CPU_BATCH_MAX]: 64 for 3x32x32 CIFAR ResNets (16x32x32 activations), 256 for
 # 8x8 digits. Measured by a batch sweep (BENCHMARKS.md): a batch whose activations outgrow a
-# few MiB was up to 2x slower. --batch-size overrides it.
+# few MiB was up to 2x slower. In bf16 small inputs take up to CPU_BATCH_MAX_BF16 (digits
+# ResNet-56, fused bf16: 16.6 k image-forwards/s at 256, 18.8 k at 512, 19.7 k at 1024, while fp32
+# was 5 % slower at 1024 and CIFAR bf16 11 % slower at twice the budget). An adaptive run's batch
+# is also capped at --n0 (a point grows in whole batches). --batch-size overrides it.
 CPU_ACTIVATION_BUDGET = 2 ** 20
-CPU_BATCH_MIN, CPU_BATCH_MAX = 8, 256
+CPU_BATCH_MIN, CPU_BATCH_MAX, CPU_BATCH_MAX_BF16 = 8, 256, 1024
 DEFAULT_BATCH = 256  # when the model cannot be probed, and for streamed DataLoaders
 DEFAULT_BATCH_CUDA = 8192  # halved on out-of-memory until it fits
 
@@ -83,7 +86,7 @@ def activation_elements(model: nn.Module, x: torch.Tensor) -> int | None:
     return max(sizes)
 
 
-def default_batch_size(model: nn.Module, x: torch.Tensor) -> int:
+def default_batch_size(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> int:
     """The batch size when none is given: on CUDA DEFAULT_BATCH_CUDA (halved on out-of-memory);
     on the CPU the cache rule above (see CPU_ACTIVATION_BUDGET). Never more than len(x)."""
     if x.device.type != "cpu":
@@ -91,7 +94,7 @@ def default_batch_size(model: nn.Module, x: torch.Tensor) -> int:
     per_sample = activation_elements(model, x) if len(x) else None
     if per_sample is None:
         return max(1, min(len(x), DEFAULT_BATCH))
-    b = CPU_BATCH_MAX
+    b = CPU_BATCH_MAX_BF16 if precision == "bf16" else CPU_BATCH_MAX
     while b > CPU_BATCH_MIN and b * per_sample > CPU_ACTIVATION_BUDGET:
         b //= 2
     return max(1, min(len(x), b))
@@ -354,7 +357,7 @@ class Evaluator:
         self.metric_names = ("loss", *self.metrics)
         self._fns = [loss_fn, *self.metrics.values()]
         self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
-        self.batch_size = batch_size or default_batch_size(model, x)
+        self.batch_size = batch_size or default_batch_size(model, x, precision)
         if self.batch_size < 1:
             raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
@@ -435,6 +438,7 @@ class EngineOptions:
     compile: bool = False  # torch.compile the evaluation model (pays off from ~100 points)
     batch_size: int | None = None
     fuse: bool = True  # eager on CPU: a folded model's conv + ReLU (+ residual) as one oneDNN call
+    prepack: bool = True  # with fuse: the fused calls' weights reordered for oneDNN once per point
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -452,7 +456,8 @@ def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[tor
     folding) is evaluated as a `LowPrecisionModel` with bf16 weights, moved by a `CastPointSetter`;
     others run under autocast. With `fuse`, a folded model run eagerly on the CPU in fp32 (or in
     bf16 as a `LowPrecisionModel`) has its convolutions and the ReLU (and residual addition) after
-    them fused into one oneDNN call each (`fold.fuse_conv_activation`); under `compile` inductor
+    them fused into one oneDNN call each (`fold.fuse_conv_activation`), with `prepack` their weights
+    reordered into oneDNN's layout once per point instead of once per batch; under `compile` inductor
     does its own fusion (and on this CPU was slower with these calls in the graph: BENCHMARKS.md).
     Returns (eval_model, setter, notes).
     """
@@ -471,7 +476,7 @@ def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[tor
     if (options.fuse and not options.compile and isinstance(eval_model, torch.fx.GraphModule)
             and _device_of(eval_model).type == "cpu"
             and (options.precision == "fp32" or (low_precision and torch.ops.mkldnn._is_mkldnn_bf16_supported()))):
-        fused = fuse_conv_activation(eval_model)
+        fused = fuse_conv_activation(eval_model, pack=options.prepack)
         if fused:
             notes.append(f"fused {fused} convolutions with the ReLU (and residual addition) after them")
     if low_precision:

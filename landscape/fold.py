@@ -128,25 +128,51 @@ _RELU = (torch.relu, torch.nn.functional.relu)
 _ADD = (operator.add, operator.iadd, torch.add)
 
 
-def conv_relu(x, weight, bias, padding, stride, dilation, groups):
-    """relu(conv2d(x)) as one oneDNN call (see `fuse_conv_activation`)."""
+# attribute of a convolution weight: (its version counter, its copy in oneDNN's blocked layout)
+_PACKED = "_landscape_packed"
+
+
+def packed_weight(weight, padding, stride, dilation, groups, x):
+    """`weight` reordered once into the blocked layout oneDNN computes with (for inputs shaped like
+    x), instead of once per call inside it. The copy is kept on the tensor with the version counter
+    it was made at, so writing a new point into the weight in place (the setters' `_foreach_copy_`
+    and `_foreach_add_` bump the counter) makes a new copy at the next call, once per point; an
+    inference tensor (no counter) is used as it is."""
+    if weight.is_inference():
+        return weight
+    version = weight._version
+    cached = getattr(weight, _PACKED, None)
+    if cached is None or cached[0] != version:
+        cached = (version, torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, groups,
+                                                                        list(x.shape)))
+        setattr(weight, _PACKED, cached)
+    return cached[1]
+
+
+def conv_relu(x, weight, bias, padding, stride, dilation, groups, pack=False):
+    """relu(conv2d(x)) as one oneDNN call (see `fuse_conv_activation`); `pack`: with the weight in
+    oneDNN's layout (`packed_weight`)."""
+    if pack:
+        weight = packed_weight(weight, padding, stride, dilation, groups, x)
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups,
                                                    "relu", [], "")
 
 
-def conv_add_relu(x, other, weight, bias, padding, stride, dilation, groups):
+def conv_add_relu(x, other, weight, bias, padding, stride, dilation, groups, pack=False):
     """relu(conv2d(x) + other) as one oneDNN call (see `fuse_conv_activation`); in bf16 only for
     inputs that are NHWC and not also NCHW (oneDNN otherwise falls back to an addition that has no
     bf16 kernel), else the three ops."""
     nhwc = torch.channels_last
     if x.dtype == torch.float32 or (x.is_contiguous(memory_format=nhwc) and not x.is_contiguous()
                                     and other.is_contiguous(memory_format=nhwc)):
+        if pack:
+            weight = packed_weight(weight, padding, stride, dilation, groups, x)
         return torch.ops.mkldnn._convolution_pointwise.binary(x, other, weight, bias, padding, stride, dilation,
                                                               groups, "add", None, "relu", [], "")
     return torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups) + other)
 
 
-def fuse_conv_activation(gm: torch.fx.GraphModule) -> int:
+def fuse_conv_activation(gm: torch.fx.GraphModule, pack: bool = False) -> int:
     """Replace, in place, every 2-D convolution followed only by a ReLU, or by an addition and a
     ReLU (a residual block's end), by one oneDNN call that applies them as post-ops
     (`conv_relu`, `conv_add_relu`: `torch.ops.mkldnn._convolution_pointwise`, the kernels inductor
@@ -157,7 +183,8 @@ def fuse_conv_activation(gm: torch.fx.GraphModule) -> int:
 
     The graph reads each convolution's weight and bias by name (`get_attr`), so a point written
     into the module's tensors in place is what the next forward pass uses; the modules stay (unused)
-    so their state_dict names do not change.
+    so their state_dict names do not change. With `pack`, the fused calls reorder each weight into
+    oneDNN's blocked layout once per point (`packed_weight`) instead of once per batch.
     """
     if not torch.backends.mkldnn.is_available():
         return 0
@@ -179,7 +206,7 @@ def fuse_conv_activation(gm: torch.fx.GraphModule) -> int:
         with graph.inserting_before(before):
             w = graph.get_attr(f"{node.target}.weight")
             b = graph.get_attr(f"{node.target}.bias") if m.bias is not None else None
-        return (w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups)
+        return (w, b, list(m.padding), list(m.stride), list(m.dilation), m.groups, pack)
 
     fused = 0
     for node in list(graph.nodes):

@@ -45,6 +45,8 @@ MODES = {
     "fp32-nofold": EngineOptions(precision="fp32", fold_bn=False),
     "fp32-nofuse": EngineOptions(precision="fp32", fold_bn=True, fuse=False),
     "bf16-nofuse": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
+    "fp32-nopack": EngineOptions(precision="fp32", fold_bn=True, prepack=False),
+    "bf16-nopack": EngineOptions(precision="bf16", fold_bn=True, prepack=False),
     "tf32": EngineOptions(precision="tf32", fold_bn=True),
     "bf16": EngineOptions(precision="bf16", fold_bn=True),
     "fp16": EngineOptions(precision="fp16", fold_bn=True),

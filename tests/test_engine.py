@@ -123,11 +123,19 @@ def test_fused_convolutions_compute_what_the_folded_model_computes(name, expecte
     for (lu, au), (lf, af) in zip(unfused, fused):
         assert lf == pytest.approx(lu, rel=1e-6) and af == au
     assert len({lf for lf, _ in fused}) == len(POINTS)  # the points differ
+    # the default packs the weights once per point (a stale copy would give the previous point's
+    # loss); without packing oneDNN reorders them in every call
+    unpacked, _ = losses(model, tensors, dirs, EngineOptions(prepack=False), x, y)
+    for (lf, af), (lp, ap) in zip(fused, unpacked):
+        assert lp == pytest.approx(lf, rel=1e-6) and ap == af
     low_unfused, _ = losses(model, tensors, dirs, EngineOptions(precision="bf16", fuse=False), x, y)
     low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16"), x, y)
     assert any(n.startswith("fused") for n in notes)
     for (lu, _), (lf, _) in zip(low_unfused, low):
         assert lf == pytest.approx(lu, rel=2e-2)
+    low_unpacked, _ = losses(model, tensors, dirs, EngineOptions(precision="bf16", prepack=False), x, y)
+    for (lu, _), (lp, _) in zip(low_unfused, low_unpacked):  # bf16: other blocking, other rounding
+        assert lp == pytest.approx(lu, rel=2e-2)
     names = [n for n, _ in tensors]
     _, _, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], EngineOptions(compile=True))
     assert not any(n.startswith("fused") for n in notes)  # inductor fuses on its own
@@ -333,7 +341,8 @@ class FlattenByView(torch.nn.Module):
 
 
 def test_cpu_batch_size_follows_the_activation_budget():
-    from landscape.evaluate import CPU_ACTIVATION_BUDGET, CPU_BATCH_MAX, DEFAULT_BATCH, default_batch_size
+    from landscape.evaluate import (CPU_ACTIVATION_BUDGET, CPU_BATCH_MAX, CPU_BATCH_MAX_BF16, DEFAULT_BATCH,
+                                    default_batch_size)
 
     cifar = get_model("resnet20", num_classes=10, in_channels=3).eval()
     x32 = torch.zeros(1000, 3, 32, 32)
@@ -341,7 +350,13 @@ def test_cpu_batch_size_follows_the_activation_budget():
     assert default_batch_size(cifar, x32) == CPU_ACTIVATION_BUDGET // (16 * 32 * 32) == 64
     assert default_batch_size(cifar, x32[:40]) == 40  # never more than the data
     x8 = torch.zeros(1000, 1, 8, 8)  # 16 x 8 x 8 per sample: the budget allows 1024, capped
-    assert default_batch_size(get_model("resnet20", num_classes=10, in_channels=1), x8) == CPU_BATCH_MAX
+    small = get_model("resnet20", num_classes=10, in_channels=1).eval()
+    assert default_batch_size(small, x8) == CPU_BATCH_MAX
+    x8 = torch.zeros(2000, 1, 8, 8)
+    assert default_batch_size(small, x8, "bf16") == CPU_BATCH_MAX_BF16 == 1024  # bf16: a larger cap
+    assert default_batch_size(cifar, x32, "bf16") == 64  # the budget decides for larger inputs
+    y8 = torch.zeros(1000, dtype=torch.long)
+    assert Evaluator(small, x8[:1000], y8, precision="bf16").batch_size == 1000  # never more than the data
     wide = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(10))
     wide(x32[:1])  # materialize the lazy layer
     assert default_batch_size(wide, x32) == 16  # 64 x 32 x 32 per sample
