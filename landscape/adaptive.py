@@ -63,10 +63,11 @@ class SamplingPlan:
     n0: int = 256  # samples of the first chunk
     z: float = 2.0  # bound = z * SE
     vmax: float | None = None  # stop once mean - z_vmax * SE > vmax (above the highest contour drawn)
-    # A stop there leaves the point's error up to (mean - vmax) / 2 SE, far beyond the tolerance, so
-    # it asks for more confidence than the bound: on the 51x51 CIFAR-10 ResNet-56 headline two points
+    # A stop there leaves an SE of up to (mean - vmax) / z_vmax, far beyond the tolerance's, so it
+    # asks for more confidence than the bound: on the 51x51 CIFAR-10 ResNet-56 headline two points
     # of true loss 9.8 read 10.9 in their first 256 images (3.0 and 3.2 SE high, the same images for
-    # both) and stopped there with z 2; at 3.5 they go on, for ~1 % more forwards (BENCHMARKS.md).
+    # both) and stopped there at 2 SE; at 3.5 none below vmax stops, for 4.7 % more forwards
+    # (BENCHMARKS.md).
     z_vmax: float = 3.5
     low_loss: float = 0.1  # below this mean loss, the normal SE is not trusted before n_low samples
     n_low: int = 2048
