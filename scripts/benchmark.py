@@ -4,8 +4,11 @@
 Plain eager inference is the reference code's way: batch 128, torch.no_grad, fp32, a host
 sync per batch. Each mode of our loop evaluates the same grid points; the ratio is its
 throughput (image-forwards/s) over plain inference, taken interleaved in one run on one
-machine, so machine load affects both alike. Also reported: the largest relative loss error
-of each mode against plain fp32 at the same points, and peak memory.
+machine, so machine load affects both alike. With --plain-fresh plain inference is also timed
+in a new process of its own each repeat: in the benchmark's process it runs on a heap our loop's
+allocations have shaped, and on this CPU that changed its speed by up to 1.9x (page faults;
+BENCHMARKS.md). Also reported: the largest relative loss error of each mode against plain fp32
+at the same points, and peak memory.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +62,7 @@ CASES = ("digits-resnet20", "digits-resnet56", *CIFAR_CASES)
 EXAMPLE = """examples:
   python scripts/benchmark.py                                  # both default cases, modes fp32,fp32-nofold,bf16
   python scripts/benchmark.py --case digits-resnet56 --modes fp32,bf16,compile --json results/bench.json --record
+  python scripts/benchmark.py --case cifar-resnet56 --modes fp32,bf16 --plain-fresh   # also plain in its own process
   python scripts/benchmark.py --stream-k 1,2,4,8,16 --points 16      # streamed data: loading cost per point vs K
 """
 
@@ -116,16 +121,11 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size) -> dict:
+def plain_setup(case: str, device, n, points: int):
+    """(model, x, y, the points' coordinates, the directions, a function that evaluates every point
+    the reference code's way and returns the losses) for a case."""
     model, x, y = make_case(case, device, n)
-    # plain eager runs the model as given (NCHW); our loop runs a copy set up as a surface job
-    # sets it up (channels_last where it applies), so the layout is part of what is measured
-    ours = copy.deepcopy(model)
-    nhwc = use_channels_last(ours, x)
-    x_ours = input_layout(x, nhwc)
-    tensors = target_tensors(ours, "weights")
-    names = [k for k, _ in tensors]
-    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    dirs = make_directions(target_tensors(model, "weights"), DirectionSpec(), seed=0)
     rng = np.random.default_rng(0)
     coords = [tuple(c) for c in rng.uniform(-0.5, 0.5, size=(points, 2))]
     coords[0] = (0.0, 0.0)
@@ -138,6 +138,45 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
             out.append(plain_eval(model, x, y))
         ref_setter.restore()
         return out
+
+    return model, x, y, coords, dirs, plain_points
+
+
+def plain_fresh(case: str, device, n, points: int) -> float:
+    """Seconds for plain inference over the points in a new Python process that runs nothing else,
+    as the reference code runs: its heap is not shaped by our loop's allocations (in one process
+    plain inference was up to 1.9x faster or slower depending on them: BENCHMARKS.md)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--plain-child", case, "--points", str(points),
+            "--device", str(device), "--threads", str(torch.get_num_threads())]
+    if n is not None:
+        argv += ["--n-samples", str(n)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LandscapeError(f"the plain-inference child process failed: {done.stderr.strip().splitlines()[-1:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def plain_child(case: str, device, n, points: int) -> None:
+    """The child of `plain_fresh`: one warm-up pass, then one timed pass; prints the seconds."""
+    _, _, _, _, _, plain_points = plain_setup(case, device, n, points)
+    plain_points()
+    sync(device)
+    t0 = time.perf_counter()
+    plain_points()
+    sync(device)
+    print(time.perf_counter() - t0)
+
+
+def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size,
+             fresh: bool = False) -> dict:
+    model, x, y, coords, dirs, plain_points = plain_setup(case, device, n, points)
+    # plain eager runs the model as given (NCHW); our loop runs a copy set up as a surface job
+    # sets it up (channels_last where it applies), so the layout is part of what is measured
+    ours = copy.deepcopy(model)
+    nhwc = use_channels_last(ours, x)
+    x_ours = input_layout(x, nhwc)
+    tensors = target_tensors(ours, "weights")
+    names = [k for k, _ in tensors]
 
     ref = np.array(plain_points())  # the plain fp32 loss at every point
     engines, compile_s, batches = {}, {}, {}
@@ -165,10 +204,13 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         return time.perf_counter() - t0
 
     times = {m: [] for m in ["plain", *engines]}
+    fresh_times = []
     losses = {}
     peaks = {}
     for _ in range(repeats):
         times["plain"].append(time_plain())
+        if fresh:
+            fresh_times.append(plain_fresh(case, device, n, len(coords)))
         for mode, (setter, ev) in engines.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -188,12 +230,16 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
               "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "channels_last": nhwc,
               "modes": {}}
+    if fresh:
+        result["plain_fresh_ips"] = forwards / statistics.median(fresh_times)
     for mode in engines:
         ips = forwards / statistics.median(times[mode])
         err = np.abs(losses[mode] - ref) / np.maximum(np.abs(ref), 1e-12)
         result["modes"][mode] = {"ips": ips, "ratio": ips / plain_ips, "max_rel_err": float(err.max()),
                                  "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
                                  "warmup_s": compile_s[mode], "batch_size": batches[mode]}
+        if fresh:
+            result["modes"][mode]["ratio_fresh"] = ips / result["plain_fresh_ips"]
     return result
 
 
@@ -314,11 +360,18 @@ def markdown(results: list[dict], command: str) -> str:
              f"{results[0]['threads']} threads, device {results[0]['device']}", "",
              "| case | samples × points | plain ips | mode | batch | ips | ratio | max rel err | warm-up s | peak MB |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    fresh = all("plain_fresh_ips" in r for r in results)
+    if fresh:  # plain inference also in a process of its own
+        lines[-2:] = [lines[-2].replace("plain ips |", "plain ips | plain ips, own process |")
+                      .replace("ratio |", "ratio | ratio, own process |"), "|---|---|---:|---:|---|---:|---:|---:|---:|"
+                      "---:|---:|---:|"]
     for r in results:
         for mode, m in r["modes"].items():
             batch = f"{m['batch_size']}{' NHWC' if r.get('channels_last') else ''}"
-            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {r['plain_ips']:.0f} | {mode} | {batch} | "
-                         f"{m['ips']:.0f} | {m['ratio']:.2f}× | {m['max_rel_err']:.1e} | {m['warmup_s']:.1f} | "
+            plain = f"{r['plain_ips']:.0f} | {r['plain_fresh_ips']:.0f}" if fresh else f"{r['plain_ips']:.0f}"
+            ratio = f"{m['ratio']:.2f}× | {m['ratio_fresh']:.2f}×" if fresh else f"{m['ratio']:.2f}×"
+            lines.append(f"| {r['case']} | {r['samples']} × {r['points']} | {plain} | {mode} | {batch} | "
+                         f"{m['ips']:.0f} | {ratio} | {m['max_rel_err']:.1e} | {m['warmup_s']:.1f} | "
                          f"{m['peak_mem_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -349,6 +402,10 @@ def main(argv=None) -> None:
                    help="instead of the modes: streaming evaluation with K points per pass over a DataLoader, "
                         "seconds per point and the data-loading share for each K (e.g. 1,4,16)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for --stream-k")
+    p.add_argument("--plain-fresh", action="store_true",
+                   help="also time plain inference in a new process of its own each repeat (the reference code's "
+                        "heap, not shaped by our loop's allocations); adds plain_fresh_ips and per mode ratio_fresh")
+    p.add_argument("--plain-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -359,6 +416,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.plain_child:
+        plain_child(args.plain_child, device, args.n_samples, args.points)
+        return
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     if args.stream_k:
         ks = _ints(args.stream_k, "--stream-k")
@@ -367,7 +427,8 @@ def main(argv=None) -> None:
                    for c in (args.case or ["digits-resnet20"])]
         table = stream_markdown(results, command)
     else:
-        results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size)
+        results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size,
+                            args.plain_fresh)
                    for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
         table = markdown(results, command)
     print(table)
