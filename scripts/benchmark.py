@@ -38,8 +38,8 @@ from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, prepare_engine,  # noqa: E402
-                                use_channels_last)
+from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, keep_freed_memory,  # noqa: E402
+                                prepare_engine, use_channels_last)
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
@@ -354,10 +354,11 @@ def stream_markdown(results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(results: list[dict], command: str) -> str:
+def markdown(results: list[dict], command: str, kept: bool = False) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-             f"{results[0]['threads']} threads, device {results[0]['device']}", "",
+             f"{results[0]['threads']} threads, device {results[0]['device']}, "
+             f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}", "",
              "| case | samples × points | plain ips | mode | batch | ips | ratio | max rel err | warm-up s | peak MB |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     fresh = all("plain_fresh_ips" in r for r in results)
@@ -405,6 +406,9 @@ def main(argv=None) -> None:
     p.add_argument("--plain-fresh", action="store_true",
                    help="also time plain inference in a new process of its own each repeat (the reference code's "
                         "heap, not shaped by our loop's allocations); adds plain_fresh_ips and per mode ratio_fresh")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's allocator as it is (plot_surface.py keeps freed memory by default; so does this "
+                        "process, plain inference in it included; --plain-fresh's process never does)")
     p.add_argument("--plain-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--record", action="store_true", help="append the table to BENCHMARKS.md")
@@ -416,9 +420,10 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.plain_child:
+    if args.plain_child:  # the reference code's process: glibc's defaults
         plain_child(args.plain_child, device, args.n_samples, args.points)
         return
+    kept = False if args.default_malloc else keep_freed_memory()
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     if args.stream_k:
         ks = _ints(args.stream_k, "--stream-k")
@@ -430,12 +435,13 @@ def main(argv=None) -> None:
         results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size,
                             args.plain_fresh)
                    for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
-        table = markdown(results, command)
+        table = markdown(results, command, kept)
     print(table)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         flat = ({"cases": results, "command": command} if args.stream_k else
-                {"plain_ips": results[0]["plain_ips"], **results[0]["modes"], "cases": results, "command": command})
+                {"plain_ips": results[0]["plain_ips"], **results[0]["modes"], "cases": results, "command": command,
+                 "keep_freed_memory": kept})
         Path(args.json).write_text(json.dumps(flat, indent=2) + "\n")
     if args.record:
         path = ROOT / "BENCHMARKS.md"

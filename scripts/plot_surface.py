@@ -24,7 +24,7 @@ from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import LOSSES, PRECISIONS  # noqa: E402
+from landscape.evaluate import LOSSES, PRECISIONS, keep_freed_memory  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
 from landscape.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
@@ -160,6 +160,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "whenever BN tensors do not move)")
     e.add_argument("--compile", action="store_true", help="torch.compile the model (pays off above ~100 points)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    e.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's allocator as it is (by default the process keeps freed memory for reuse "
+                        "instead of faulting each batch's activations in again: 5-14 %% faster on the CPU)")
 
     f = p.add_argument_group("plots")
     f.add_argument("--plot", action="store_true", help="draw figures (always on for the embedded default)")
@@ -268,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         rank = 0  # run_job reports the bad environment
     try:
         args = parse_args(argv)
+        if not args.default_malloc:
+            keep_freed_memory()
         job = build_job(args)
         plugins = plugin_job(args)
         result = run_job(job) if plugins is None else run_plugin_job(job, plugins)
