@@ -73,13 +73,10 @@ def keep_freed_memory() -> bool:
     Returns False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(name).mallopt if name else None
     except (OSError, AttributeError):
-        return False
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+        mallopt = None
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -310,8 +307,7 @@ class LowPrecisionModel(nn.Module):
     def forward(self, *args, **kwargs):
         low, full = self.dtype, torch.float32
         args, kwargs = map_tensors(lambda t: t.to(low) if t.is_floating_point() else t, (args, kwargs))
-        weight = next(self.inner.parameters(), None)
-        with torch.autocast(weight.device.type if weight is not None else "cpu", enabled=False):
+        with torch.autocast(_device_of(self.inner).type, enabled=False):
             out = self.inner(*args, **kwargs)
         return map_tensors(lambda t: t.to(full) if t.dtype == low else t, out)
 

@@ -156,15 +156,20 @@ def plain_fresh(case: str, device, n, points: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def seconds(fn, device) -> float:
+    """Wall seconds of fn(), the device synchronized before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def plain_child(case: str, device, n, points: int) -> None:
     """The child of `plain_fresh`: one warm-up pass, then one timed pass; prints the seconds."""
     _, _, _, _, _, plain_points = plain_setup(case, device, n, points)
     plain_points()
-    sync(device)
-    t0 = time.perf_counter()
-    plain_points()
-    sync(device)
-    print(time.perf_counter() - t0)
+    print(seconds(plain_points, device))
 
 
 def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size,
@@ -196,19 +201,12 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         compile_s[mode] = time.perf_counter() - t0
         engines[mode] = (setter, ev)
 
-    def time_plain():
-        sync(device)
-        t0 = time.perf_counter()
-        plain_points()
-        sync(device)
-        return time.perf_counter() - t0
-
     times = {m: [] for m in ["plain", *engines]}
     fresh_times = []
     losses = {}
     peaks = {}
     for _ in range(repeats):
-        times["plain"].append(time_plain())
+        times["plain"].append(seconds(plain_points, device))
         if fresh:
             fresh_times.append(plain_fresh(case, device, n, len(coords)))
         for mode, (setter, ev) in engines.items():
@@ -358,14 +356,12 @@ def markdown(results: list[dict], command: str, kept: bool = False) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{results[0]['threads']} threads, device {results[0]['device']}, "
-             f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}", "",
-             "| case | samples × points | plain ips | mode | batch | ips | ratio | max rel err | warm-up s | peak MB |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    fresh = all("plain_fresh_ips" in r for r in results)
-    if fresh:  # plain inference also in a process of its own
-        lines[-2:] = [lines[-2].replace("plain ips |", "plain ips | plain ips, own process |")
-                      .replace("ratio |", "ratio | ratio, own process |"), "|---|---|---:|---:|---|---:|---:|---:|---:|"
-                      "---:|---:|---:|"]
+             f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}", ""]
+    fresh = all("plain_fresh_ips" in r for r in results)  # plain inference also in a process of its own
+    own = " | plain ips, own process" if fresh else ""
+    own_ratio, own_col = (" | ratio, own process", "---:|") if fresh else ("", "")
+    lines += [f"| case | samples × points | plain ips{own} | mode | batch | ips | ratio{own_ratio} | max rel err | "
+              "warm-up s | peak MB |", f"|---|---|---:|{own_col}---|---:|---:|---:|{own_col}---:|---:|---:|"]
     for r in results:
         for mode, m in r["modes"].items():
             batch = f"{m['batch_size']}{' NHWC' if r.get('channels_last') else ''}"
