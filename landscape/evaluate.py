@@ -80,8 +80,13 @@ def keep_freed_memory() -> bool:
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
-    """The module behind torch.compile's wrapper (probing it must not trigger a compilation)."""
-    return getattr(model, "_orig_mod", model)
+    """The module behind torch.compile's wrapper and `CudnnBenchmark` (probing it must not trigger
+    a compilation)."""
+    while True:
+        inner = model.inner if isinstance(model, CudnnBenchmark) else getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
 
 
 @torch.no_grad()
@@ -312,6 +317,26 @@ class LowPrecisionModel(nn.Module):
         return map_tensors(lambda t: t.to(full) if t.dtype == low else t, out)
 
 
+class CudnnBenchmark(nn.Module):
+    """`inner` run with cuDNN's benchmark mode on (`torch.backends.cudnn.benchmark`): at the first
+    call with a new input shape cuDNN times its convolution algorithms and keeps the fastest, which
+    pays when, as over a surface, the same batch shape comes back thousands of times. The process's
+    setting is restored after each call. Which algorithm wins can differ between processes, so
+    values may then differ in the last bits between runs and ranks (bf16: ~1e-3 relative)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = old
+
+
 def map_tensors(fn, obj: Any) -> Any:
     """`obj` with every tensor t replaced by fn(t), also inside tuples, lists and mappings (a
     mapping comes back as a dict)."""
@@ -461,10 +486,22 @@ class EngineOptions:
     batch_size: int | None = None
     fuse: bool = True  # eager on CPU: a folded model's conv + ReLU (+ residual) as one oneDNN call
     prepack: bool = True  # with fuse: the fused calls' weights reordered for oneDNN once per point
+    # on CUDA, opt-in until scripts/gpu_check.sh shows they pay (BENCHMARKS.md):
+    cuda_fuse: bool = False  # eager: a folded model's conv + ReLU (+ residual) as one cuDNN call
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms per batch shape (`CudnnBenchmark`)
+    compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile_mode is not None:
+            import torch._inductor
+
+            modes = list(torch._inductor.list_mode_options())
+            if self.compile_mode not in modes:
+                raise LandscapeError(f"--compile-mode must be one of {', '.join(modes)}, got {self.compile_mode!r}")
+            if not self.compile:
+                raise LandscapeError(f"compile_mode {self.compile_mode!r} without compile: set compile=True too")
 
 
 def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[torch.Tensor],
@@ -495,17 +532,31 @@ def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[tor
     if setter is None:
         setter = PointSetter(tensors, directions)
     low_precision = PRECISIONS[options.precision] is torch.bfloat16 and stores_in_low_precision(eval_model)
-    if (options.fuse and not options.compile and isinstance(eval_model, torch.fx.GraphModule)
-            and _device_of(eval_model).type == "cpu"
-            and (options.precision == "fp32" or (low_precision and torch.ops.mkldnn._is_mkldnn_bf16_supported()))):
-        fused = fuse_conv_activation(eval_model, pack=options.prepack)
+    device = _device_of(eval_model).type
+    if options.fuse and not options.compile and isinstance(eval_model, torch.fx.GraphModule):
+        fused = 0
+        if device == "cpu" and (options.precision == "fp32"
+                                or (low_precision and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
+            fused = fuse_conv_activation(eval_model, pack=options.prepack)
+        elif device == "cuda" and options.cuda_fuse and (options.precision in ("fp32", "tf32") or low_precision):
+            fused = fuse_conv_activation(eval_model, device_type="cuda")
         if fused:
-            notes.append(f"fused {fused} convolutions with the ReLU (and residual addition) after them")
+            notes.append(f"fused {fused} convolutions with the ReLU (and residual addition) after them"
+                         + (" (cuDNN)" if device == "cuda" else ""))
+    if options.cuda_fuse and device != "cuda":
+        notes.append(f"cuDNN fusion asked for; it has no effect on {device}")
     if low_precision:
         low = LowPrecisionModel(eval_model, torch.bfloat16)
         setter = CastPointSetter(setter, eval_model, low.inner)
         eval_model = low
         notes.append("bf16: weights stored in bf16, run without autocast")
     if options.compile:
-        eval_model = torch.compile(eval_model)
+        mode = None if options.compile_mode in (None, "default") else options.compile_mode
+        eval_model = torch.compile(eval_model, mode=mode)
+    if options.cudnn_benchmark:
+        if device == "cuda":
+            eval_model = CudnnBenchmark(eval_model)
+            notes.append("cuDNN benchmark mode: the fastest convolution algorithms per batch shape")
+        else:
+            notes.append(f"cuDNN benchmark mode asked for; it has no effect on {device}")
     return eval_model, setter, notes

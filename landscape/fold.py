@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -149,9 +150,33 @@ def packed_weight(weight, padding, stride, dilation, groups, x):
     return cached[1]
 
 
+# the first error of a fused cuDNN call in this process (None: none yet); after one, the
+# convolutions run unfused (see `_cudnn_fused`)
+_CUDNN_FUSION_ERROR: str | None = None
+
+
+def _cudnn_fused(fused, unfused):
+    """fused() (a fused cuDNN call), or unfused() once a fused call has failed in this process:
+    cuDNN builds the fused kernels at run time and some versions and data types have none (it
+    raises then); the first failure is reported with a warning and the run goes on unfused."""
+    global _CUDNN_FUSION_ERROR
+    if _CUDNN_FUSION_ERROR is None:
+        try:
+            return fused()
+        except RuntimeError as e:
+            _CUDNN_FUSION_ERROR = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"a fused cuDNN convolution failed ({_CUDNN_FUSION_ERROR}); "
+                          "running the convolutions unfused", RuntimeWarning, stacklevel=3)
+    return unfused()
+
+
 def conv_relu(x, weight, bias, padding, stride, dilation, groups, pack=False):
-    """relu(conv2d(x)) as one oneDNN call (see `fuse_conv_activation`); `pack`: with the weight in
-    oneDNN's layout (`packed_weight`)."""
+    """relu(conv2d(x)) as one oneDNN call, or on CUDA one cuDNN call (see `fuse_conv_activation`);
+    `pack`: with the weight in oneDNN's layout (`packed_weight`; CPU only)."""
+    if x.is_cuda:
+        return _cudnn_fused(
+            lambda: torch.cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups),
+            lambda: torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)))
     if pack:
         weight = packed_weight(weight, padding, stride, dilation, groups, x)
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups,
@@ -161,7 +186,11 @@ def conv_relu(x, weight, bias, padding, stride, dilation, groups, pack=False):
 def conv_add_relu(x, other, weight, bias, padding, stride, dilation, groups, pack=False):
     """relu(conv2d(x) + other) as one oneDNN call (see `fuse_conv_activation`); in bf16 only for
     inputs that are NHWC and not also NCHW (oneDNN otherwise falls back to an addition that has no
-    bf16 kernel), else the three ops."""
+    bf16 kernel), else the three ops. On CUDA one cuDNN call (conv, + other, + bias, ReLU)."""
+    if x.is_cuda:
+        return _cudnn_fused(
+            lambda: torch.cudnn_convolution_add_relu(x, weight, other, 1.0, bias, stride, padding, dilation, groups),
+            lambda: torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups) + other))
     nhwc = torch.channels_last
     if x.dtype == torch.float32 or (x.is_contiguous(memory_format=nhwc) and not x.is_contiguous()
                                     and other.is_contiguous(memory_format=nhwc)):
@@ -172,22 +201,27 @@ def conv_add_relu(x, other, weight, bias, padding, stride, dilation, groups, pac
     return torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups) + other)
 
 
-def fuse_conv_activation(gm: torch.fx.GraphModule, pack: bool = False) -> int:
+def fuse_conv_activation(gm: torch.fx.GraphModule, pack: bool = False, device_type: str = "cpu") -> int:
     """Replace, in place, every 2-D convolution followed only by a ReLU, or by an addition and a
     ReLU (a residual block's end), by one oneDNN call that applies them as post-ops
     (`conv_relu`, `conv_add_relu`: `torch.ops.mkldnn._convolution_pointwise`, the kernels inductor
     uses on CPU): one pass over the output instead of two or three. Returns the number of
-    convolutions fused (0 when oneDNN is not available). For CPU models in float32 (the tests find
-    the unfused losses to 1e-6) or bfloat16 (the addition and ReLU act on the float32 accumulator
-    before the one rounding).
+    convolutions fused (0 when oneDNN, for `device_type` "cuda" cuDNN, is not available). For CPU
+    models in float32 (the tests find the unfused losses to 1e-6) or bfloat16 (the addition and
+    ReLU act on the float32 accumulator before the one rounding). On CUDA the same two functions
+    call cuDNN's fused kernels (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`),
+    falling back to the unfused ops if cuDNN has none (`_cudnn_fused`).
 
     The graph reads each convolution's weight and bias by name (`get_attr`), so a point written
     into the module's tensors in place is what the next forward pass uses; the modules stay (unused)
     so their state_dict names do not change. With `pack`, the fused calls reorder each weight into
     oneDNN's blocked layout once per point (`packed_weight`) instead of once per batch.
     """
-    if not torch.backends.mkldnn.is_available():
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"device_type must be 'cpu' or 'cuda', got {device_type!r}")
+    if not (torch.backends.cudnn.is_available() if device_type == "cuda" else torch.backends.mkldnn.is_available()):
         return 0
+    pack = pack and device_type == "cpu"
     mods = dict(gm.named_modules())
     graph = gm.graph
 

@@ -391,6 +391,9 @@ class SurfaceJob:
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16
     fold_bn: bool = True  # fold BatchNorm where exact
     compile: bool = False
+    compile_mode: str | None = None  # torch.compile's mode (with compile)
+    cuda_fuse: bool = False  # CUDA: conv + ReLU (+ residual) as one cuDNN call (EngineOptions.cuda_fuse)
+    cudnn_benchmark: bool = False  # CUDA: cuDNN picks its fastest algorithms per batch shape
     threads: int | None = None  # torch CPU threads; None: torch's default
     shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
     flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
@@ -438,6 +441,7 @@ def _check_job(job: SurfaceJob) -> None:
         raise LandscapeError(f"--max-points must be >= 0, got {job.max_points}")
     if job.batch_size is not None and job.batch_size < 1:
         raise LandscapeError(f"--batch-size must be >= 1, got {job.batch_size}")
+    EngineOptions(job.precision, compile=job.compile, compile_mode=job.compile_mode)  # its errors before any work
     if not job.flush_seconds >= 0:
         raise LandscapeError(f"--flush-seconds must be >= 0, got {job.flush_seconds:g}")
 
@@ -578,7 +582,9 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             dirs.check_against(tensors, where=f"direction file {dir_file}")
         ys = [dirs.y] if grid.ndim == 2 else []
         # folding bakes BN statistics into the weights: not with statistics re-estimated per point
-        engine = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size)
+        engine = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
+                               cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
+                               compile_mode=job.compile_mode)
         eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
                                                   [dirs.x, *ys], engine)
         notes += more
@@ -588,6 +594,11 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
                         "compile": engine.compile, "threads": torch.get_num_threads(),
                         "channels_last": nhwc}
+        if engine.compile_mode is not None:
+            engine_attrs["compile_mode"] = engine.compile_mode
+        if device.type == "cuda":
+            engine_attrs["cuda_fuse"] = any("(cuDNN)" in n for n in more)
+            engine_attrs["cudnn_benchmark"] = engine.cudnn_benchmark
         if engine.precision != "fp32":
             # the error of the reduced precision at the center, against exact fp32 on the original model
             first = next(iter(splits))

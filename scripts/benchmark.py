@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from landscape import fold  # noqa: E402
 from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
@@ -56,6 +57,14 @@ MODES = {
     "fp16": EngineOptions(precision="fp16", fold_bn=True),
     "compile": EngineOptions(precision="fp32", fold_bn=True, compile=True),
     "compile-bf16": EngineOptions(precision="bf16", fold_bn=True, compile=True),
+    # CUDA levers, opt-in until measured on a GPU (scripts/gpu_check.sh picks the fastest)
+    "fp32-cudafuse": EngineOptions(precision="fp32", fold_bn=True, cuda_fuse=True),
+    "bf16-cudafuse": EngineOptions(precision="bf16", fold_bn=True, cuda_fuse=True),
+    "bf16-cudnnbench": EngineOptions(precision="bf16", fold_bn=True, cudnn_benchmark=True),
+    "bf16-cudafuse-cudnnbench": EngineOptions(precision="bf16", fold_bn=True, cuda_fuse=True, cudnn_benchmark=True),
+    "compile-bf16-cudnnbench": EngineOptions(precision="bf16", fold_bn=True, compile=True, cudnn_benchmark=True),
+    "compile-bf16-autotune": EngineOptions(precision="bf16", fold_bn=True, compile=True,
+                                           compile_mode="max-autotune-no-cudagraphs"),
 }
 CIFAR_CASES = ("cifar-resnet20", "cifar-resnet56")  # random 3x32x32 images, random BN statistics
 CASES = ("digits-resnet20", "digits-resnet56", *CIFAR_CASES)
@@ -65,6 +74,18 @@ EXAMPLE = """examples:
   python scripts/benchmark.py --case cifar-resnet56 --modes fp32,bf16 --plain-fresh   # also plain in its own process
   python scripts/benchmark.py --stream-k 1,2,4,8,16 --points 16      # streamed data: loading cost per point vs K
 """
+
+
+def surface_flags(opts: EngineOptions) -> list[str]:
+    """The `scripts/plot_surface.py` flags that run a surface with the engine options `opts`
+    (their defaults give no flag; batch size aside)."""
+    flags = ["--precision", opts.precision]
+    flags += ["--no-fold-bn"] if not opts.fold_bn else []
+    flags += ["--compile"] if opts.compile and opts.compile_mode is None else []
+    flags += ["--compile-mode", opts.compile_mode] if opts.compile_mode is not None else []
+    flags += ["--cuda-fuse"] if opts.cuda_fuse else []
+    flags += ["--cudnn-benchmark"] if opts.cudnn_benchmark else []
+    return flags
 
 
 def make_case(name: str, device: torch.device, n: int | None):
@@ -184,21 +205,29 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     names = [k for k, _ in tensors]
 
     ref = np.array(plain_points())  # the plain fp32 loss at every point
-    engines, compile_s, batches = {}, {}, {}
+    engines, compile_s, batches, mode_notes, failed = {}, {}, {}, {}, {}
     for mode in modes:
         opts = MODES[mode]
         if opts.precision == "fp16" and device.type != "cuda":
             print(f"skipping {mode}: fp16 is for CUDA", file=sys.stderr)
             continue
         opts = dataclasses.replace(opts, batch_size=batch_size)
-        eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
-        ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
-        batches[mode] = ev.batch_size
-        t0 = time.perf_counter()
-        setter.set(coords[0])
-        ev()  # warm-up (and compilation)
-        sync(device)
+        setter = None
+        try:  # a mode that fails to build or run is reported, and the others still measured
+            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
+            ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
+            t0 = time.perf_counter()
+            setter.set(coords[0])
+            ev()  # warm-up (and compilation)
+            sync(device)
+        except Exception as e:  # noqa: BLE001
+            failed[mode] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            print(f"mode {mode} failed, left out: {failed[mode]}", file=sys.stderr)
+            if setter is not None:
+                setter.restore()
+            continue
         compile_s[mode] = time.perf_counter() - t0
+        batches[mode], mode_notes[mode] = ev.batch_size, notes
         engines[mode] = (setter, ev)
 
     times = {m: [] for m in ["plain", *engines]}
@@ -227,7 +256,9 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     plain_ips = forwards / statistics.median(times["plain"])
     result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
               "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "channels_last": nhwc,
-              "modes": {}}
+              "modes": {}, "failed": failed}
+    if fold._CUDNN_FUSION_ERROR is not None:  # the cudafuse modes then ran unfused
+        result["cudnn_fusion_error"] = fold._CUDNN_FUSION_ERROR
     if fresh:
         result["plain_fresh_ips"] = forwards / statistics.median(fresh_times)
     for mode in engines:
@@ -235,7 +266,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         err = np.abs(losses[mode] - ref) / np.maximum(np.abs(ref), 1e-12)
         result["modes"][mode] = {"ips": ips, "ratio": ips / plain_ips, "max_rel_err": float(err.max()),
                                  "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
-                                 "warmup_s": compile_s[mode], "batch_size": batches[mode]}
+                                 "warmup_s": compile_s[mode], "batch_size": batches[mode],
+                                 "notes": mode_notes[mode], "surface_flags": surface_flags(MODES[mode])}
         if fresh:
             result["modes"][mode]["ratio_fresh"] = ips / result["plain_fresh_ips"]
     return result

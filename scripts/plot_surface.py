@@ -159,6 +159,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="do not fold BatchNorm into the preceding layers (folding is exact and on by default "
                         "whenever BN tensors do not move)")
     e.add_argument("--compile", action="store_true", help="torch.compile the model (pays off above ~100 points)")
+    e.add_argument("--compile-mode", default=None, metavar="MODE",
+                   help="torch.compile's mode, e.g. max-autotune-no-cudagraphs (implies --compile)")
+    e.add_argument("--cuda-fuse", action="store_true",
+                   help="CUDA, eager: each convolution with the ReLU (and residual addition) after it as one "
+                        "cuDNN call (on the CPU the oneDNN equivalent is always on)")
+    e.add_argument("--cudnn-benchmark", action="store_true",
+                   help="CUDA: cuDNN times its convolution algorithms once per batch shape and keeps the fastest "
+                        "(values may differ in the last bits between runs)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's allocator as it is (by default the process keeps freed memory for reuse "
@@ -245,7 +253,9 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         same_dir=args.same_dir, ckpt2=args.ckpt2, ckpt3=args.ckpt3, dir_file=args.dir_file,
         surf_file=args.surf_file, out=args.out, loss=args.loss, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
-        bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn, compile=args.compile, threads=args.threads,
+        bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn,
+        compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
+        cuda_fuse=args.cuda_fuse, cudnn_benchmark=args.cudnn_benchmark, threads=args.threads,
         shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
         sampling=sampling_plan(args),
     )

@@ -293,6 +293,99 @@ def test_cuda_matches_cpu():
         assert lg == pytest.approx(lc, rel=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name,expected", [("resnet20", 19), ("resnet20_b", 19), ("resnet50", 49)])
+def test_cuda_fused_convolutions_compute_what_the_folded_model_computes(name, expected):
+    """On CUDA with cuda_fuse, conv + ReLU (+ residual) run as one cuDNN call each: the losses equal
+    the unfused folded model's at three points (fp32 with TF32 off, to 1e-5) and within bf16
+    rounding in bf16; with cuDNN's benchmark mode too. The run did not fall back to unfused calls."""
+    from landscape import fold
+
+    model = bn_model(name)
+    x, y = data(64)
+    if name == "resnet50":
+        x = x.repeat(1, 3, 1, 1)
+        model = get_model(name, num_classes=10, in_channels=3).eval()
+    model.cuda()
+    x, y = x.cuda(), y.cuda()
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    unfused, notes = losses(model, tensors, dirs, EngineOptions(), x, y)
+    assert not any(n.startswith("fused") for n in notes)  # opt-in on CUDA
+    fused, notes = losses(model, tensors, dirs, EngineOptions(cuda_fuse=True), x, y)
+    assert f"fused {expected} convolutions with the ReLU (and residual addition) after them (cuDNN)" in notes
+    assert fold._CUDNN_FUSION_ERROR is None
+    for (lu, au), (lf, af) in zip(unfused, fused):
+        assert lf == pytest.approx(lu, rel=1e-5) and af == au
+    assert len({lf for lf, _ in fused}) == len(POINTS)
+    for opts in (EngineOptions(precision="bf16", cuda_fuse=True),
+                 EngineOptions(precision="bf16", cuda_fuse=True, cudnn_benchmark=True)):
+        low, notes = losses(model, tensors, dirs, opts, x, y)
+        assert any(n.endswith("(cuDNN)") for n in notes)
+        assert fold._CUDNN_FUSION_ERROR is None
+        for (lu, _), (lf, _) in zip(unfused, low):
+            assert lf == pytest.approx(lu, rel=2e-2)
+
+
+def test_a_failed_fused_cudnn_call_falls_back_to_the_unfused_ops(monkeypatch):
+    """cuDNN builds fused kernels at run time and may have none: the first failure is warned about
+    once and that call and every later one computes unfused."""
+    from landscape import fold
+
+    monkeypatch.setattr(fold, "_CUDNN_FUSION_ERROR", None)
+    calls = []
+
+    def fused():
+        calls.append("fused")
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED\nmore detail")
+
+    with pytest.warns(RuntimeWarning, match="CUDNN_STATUS_NOT_SUPPORTED.*unfused"):
+        assert fold._cudnn_fused(fused, lambda: 1) == 1
+    assert fold._cudnn_fused(fused, lambda: 2) == 2
+    assert calls == ["fused"] and fold._CUDNN_FUSION_ERROR == "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"
+    monkeypatch.setattr(fold, "_CUDNN_FUSION_ERROR", None)
+    assert fold._cudnn_fused(lambda: 3, lambda: 4) == 3
+
+
+def test_cudnn_benchmark_mode_holds_for_the_call_only():
+    """CudnnBenchmark runs its module with torch.backends.cudnn.benchmark on and restores the
+    process's setting after the call, also when the call raises; the surface is the module's."""
+    from landscape.evaluate import CudnnBenchmark, _unwrapped
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            if x.sum() < 0:
+                raise ValueError("negative")
+            return 2 * x
+
+    wrapped = CudnnBenchmark(Probe())
+    before = torch.backends.cudnn.benchmark
+    assert torch.equal(wrapped(torch.ones(3)), torch.full((3,), 2.0))
+    with pytest.raises(ValueError, match="negative"):
+        wrapped(-torch.ones(3))
+    assert seen == [True, True] and torch.backends.cudnn.benchmark == before
+    assert isinstance(_unwrapped(wrapped), Probe)
+    # on the CPU the option changes nothing and says so
+    model = bn_model()
+    x, y = data()
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    ref, _ = losses(model, tensors, dirs, EngineOptions(), x, y)
+    out, notes = losses(model, tensors, dirs, EngineOptions(cudnn_benchmark=True), x, y)
+    assert out == ref and "cuDNN benchmark mode asked for; it has no effect on cpu" in notes
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(LandscapeError, match="--compile-mode must be one of .*max-autotune"):
+        EngineOptions(compile=True, compile_mode="fastest")
+    with pytest.raises(LandscapeError, match="without compile"):
+        EngineOptions(compile_mode="max-autotune-no-cudagraphs")
+    assert EngineOptions(compile=True, compile_mode="max-autotune-no-cudagraphs").compile_mode
+
+
 def test_compiled_model_sees_in_place_weight_updates():
     """torch.compile must not bake the weights in: every point has to differ, and match eager."""
     torch.manual_seed(0)
