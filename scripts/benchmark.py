@@ -42,6 +42,7 @@ from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, keep_freed_memory,  # noqa: E402
                                 prepare_engine, use_channels_last)
 from landscape.models import get_model  # noqa: E402
+from landscape.multipoint import MultiPointEvaluator  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,12 @@ MODES = {
     "compile-bf16-cudnnbench": EngineOptions(precision="bf16", fold_bn=True, compile=True, cudnn_benchmark=True),
     "compile-bf16-autotune": EngineOptions(precision="bf16", fold_bn=True, compile=True,
                                            compile_mode="max-autotune-no-cudagraphs"),
+    # K points per launch (landscape.multipoint; folded, unfused, autocast): benchmark only until it wins
+    "fp32-vmap4": EngineOptions(precision="fp32", fold_bn=True, fuse=False),
+    "bf16-vmap4": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
+    "bf16-vmap8": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
 }
+PER_LAUNCH = {"fp32-vmap4": 4, "bf16-vmap4": 4, "bf16-vmap8": 8}  # mode -> points per launch
 CIFAR_CASES = ("cifar-resnet20", "cifar-resnet56")  # random 3x32x32 images, random BN statistics
 CASES = ("digits-resnet20", "digits-resnet56", *CIFAR_CASES)
 EXAMPLE = """examples:
@@ -193,6 +199,24 @@ def plain_child(case: str, device, n, points: int) -> None:
     print(seconds(plain_points, device))
 
 
+def point_loop(setter, ev, coords):
+    """The surface loop: move to each point, evaluate; returns run(warm_up=False) -> losses."""
+    def run(warm_up=False):
+        vals = []
+        for c in coords[:1] if warm_up else coords:
+            setter.set(c)
+            vals.append(ev()[0])
+        return vals
+    return run
+
+
+def block_loop(multi, coords, k):
+    """K points per launch (`MultiPointEvaluator`): (run(warm_up=False) -> losses, batch size)."""
+    def run(warm_up=False):
+        return [loss for i in range(0, k if warm_up else len(coords), k) for loss, _ in multi(coords[i:i + k])]
+    return run, multi._batch(k)
+
+
 def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size,
              fresh: bool = False) -> dict:
     model, x, y, coords, dirs, plain_points = plain_setup(case, device, n, points)
@@ -214,11 +238,17 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         opts = dataclasses.replace(opts, batch_size=batch_size)
         setter = None
         try:  # a mode that fails to build or run is reported, and the others still measured
-            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
-            ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
+            # K points per launch: the float32 folded model, bf16 by autocast (no bf16 copy to keep in step)
+            prep = dataclasses.replace(opts, precision="fp32") if mode in PER_LAUNCH else opts
+            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], prep)
+            if mode in PER_LAUNCH:
+                run, batches[mode] = block_loop(MultiPointEvaluator(eval_model, setter, x_ours, y, opts.batch_size,
+                                                                    opts.precision), coords, PER_LAUNCH[mode])
+            else:
+                ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
+                run, batches[mode] = point_loop(setter, ev, coords), ev.batch_size
             t0 = time.perf_counter()
-            setter.set(coords[0])
-            ev()  # warm-up (and compilation)
+            run(warm_up=True)  # the first point or block (and compilation)
             sync(device)
         except Exception as e:  # noqa: BLE001
             failed[mode] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -227,8 +257,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
                 setter.restore()
             continue
         compile_s[mode] = time.perf_counter() - t0
-        batches[mode], mode_notes[mode] = ev.batch_size, notes
-        engines[mode] = (setter, ev)
+        mode_notes[mode] = notes + ([f"{PER_LAUNCH[mode]} points per launch (vmap)"] if mode in PER_LAUNCH else [])
+        engines[mode] = (setter, run)
 
     times = {m: [] for m in ["plain", *engines]}
     fresh_times = []
@@ -238,15 +268,12 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         times["plain"].append(seconds(plain_points, device))
         if fresh:
             fresh_times.append(plain_fresh(case, device, n, len(coords)))
-        for mode, (setter, ev) in engines.items():
+        for mode, (setter, run) in engines.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             t0 = time.perf_counter()
-            vals = []
-            for c in coords:
-                setter.set(c)
-                vals.append(ev()[0])
+            vals = run()
             sync(device)
             times[mode].append(time.perf_counter() - t0)
             setter.restore()
@@ -267,7 +294,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         result["modes"][mode] = {"ips": ips, "ratio": ips / plain_ips, "max_rel_err": float(err.max()),
                                  "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
                                  "warmup_s": compile_s[mode], "batch_size": batches[mode],
-                                 "notes": mode_notes[mode], "surface_flags": surface_flags(MODES[mode])}
+                                 "notes": mode_notes[mode],
+                                 "surface_flags": None if mode in PER_LAUNCH else surface_flags(MODES[mode])}
         if fresh:
             result["modes"][mode]["ratio_fresh"] = ips / result["plain_fresh_ips"]
     return result
