@@ -20,10 +20,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from landscape.checkpoint import build_model, load_checkpoint
+from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import DirectionSpec, Directions, load_directions, make_directions, save_directions, target_tensors
 from landscape.errors import LandscapeError
@@ -126,8 +126,9 @@ def run_hessian_job(job: HessianJob) -> HessianResult:
         raise LandscapeError(f"{ckpt_path} does not say which data it was trained on; pass --dataset")
     normalization, _ = resolve_normalization(job.normalization, dataset, ckpt.meta.get("normalization"))
     device = resolve_device(job.device)
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
+    threads_note = set_threads(job.threads, device)
+    if threads_note is not None:
+        notes.append(threads_note)
     model.to(device)  # before any tensor is taken from it: .to() may replace storage
     data = load_dataset(dataset, job.split, job.data_root, job.hessian_samples, job.seed)
     if data.note is not None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from landscape.cpu import set_threads
 from landscape.errors import LandscapeError
 
 
@@ -200,8 +201,11 @@ def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, d
         raise LandscapeError("with plug-ins, y is drawn like x: drop --same_dir, --ynorm and --yignore")
     if plugins.points_per_pass < 1:
         raise LandscapeError(f"--points-per-pass must be >= 1, got {plugins.points_per_pass}")
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
+    from landscape.surface import resolve_device
+
+    threads_note = set_threads(job.threads, resolve_device(job.device))
+    if threads_note is not None:
+        notes.append(threads_note)
     ckpt = None
     if plugins.model_def is not None:
         torch.manual_seed(job.seed)  # the factory's initial weights, when no checkpoint is given

@@ -27,6 +27,7 @@ import landscape
 from landscape.adaptive import SampledMeasure, SamplingPlan, order_path, sample_order, stratify_sets
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
 from landscape.checkpoint import build_model, load_checkpoint
+from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
                                   make_directions, random_direction, save_directions, target_tensors)
@@ -394,7 +395,7 @@ class SurfaceJob:
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     cuda_fuse: bool = False  # CUDA: conv + ReLU (+ residual) as one cuDNN call (EngineOptions.cuda_fuse)
     cudnn_benchmark: bool = False  # CUDA: cuDNN picks its fastest algorithms per batch shape
-    threads: int | None = None  # torch CPU threads; None: torch's default
+    threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use (landscape.cpu)
     shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
     flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
     # error bars and adaptive sampling (landscape.adaptive): None = exact means over the whole set
@@ -531,8 +532,9 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         if job.normalization not in (None, "checkpoint") or not ckpt.meta.get("normalization"):
             notes.append(f"input normalization mean {normalization.mean}, std {normalization.std} from {norm_source}"
                          if normalization is not None else f"no input normalization ({norm_source})")
-        if job.threads is not None:
-            torch.set_num_threads(job.threads)
+        threads_note = set_threads(job.threads, device)
+        if threads_note is not None:
+            notes.append(threads_note)
         model.to(device)
 
         splits, populations = {}, {}

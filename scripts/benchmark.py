@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import platform
 import resource
 import shlex
@@ -36,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from landscape import fold  # noqa: E402
 from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
+from landscape.cpu import set_threads  # noqa: E402
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
@@ -416,7 +418,9 @@ def markdown(results: list[dict], command: str, kept: bool = False) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{results[0]['threads']} threads, device {results[0]['device']}, "
-             f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}", ""]
+             f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}"
+             + (f", {results[0]['busy_cores']} cores kept busy by other processes" if results[0].get("busy_cores")
+                else ""), ""]
     fresh = all("plain_fresh_ips" in r for r in results)  # plain inference also in a process of its own
     own = " | plain ips, own process" if fresh else ""
     own_ratio, own_col = (" | ratio, own process", "---:|") if fresh else ("", "")
@@ -453,7 +457,11 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median taken)")
     p.add_argument("--n-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", default=None, metavar="N|auto",
+                   help="torch CPU threads (default: torch's, one per core); auto: what plot_surface.py chooses "
+                        "(landscape.cpu: the idle cores)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="keep N cores busy with other processes during the run (busy loops), as other jobs would")
     p.add_argument("--device", default="auto")
     p.add_argument("--stream-k", default=None, metavar="K1,K2,...",
                    help="instead of the modes: streaming evaluation with K points per pass over a DataLoader, "
@@ -473,12 +481,33 @@ def main(argv=None) -> None:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise LandscapeError(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.threads not in (None, "auto") and not (args.threads.isdigit() and int(args.threads) >= 1):
+        raise LandscapeError(f"--threads must be an integer >= 1 or auto, got {args.threads!r}")
+    if args.busy < 0:
+        raise LandscapeError(f"--busy must be >= 0, got {args.busy}")
     if args.plain_child:  # the reference code's process: glibc's defaults
+        if args.threads not in (None, "auto"):
+            torch.set_num_threads(int(args.threads))
         plain_child(args.plain_child, device, args.n_samples, args.points)
         return
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        if busy:
+            time.sleep(0.5)  # running before the threads are chosen
+        if args.threads == "auto":
+            note = set_threads(None, device) if "OMP_NUM_THREADS" not in os.environ else "OMP_NUM_THREADS is set"
+            print(f"threads: {torch.get_num_threads()}" + (f" ({note})" if note else ""), file=sys.stderr)
+        elif args.threads is not None:
+            torch.set_num_threads(int(args.threads))
+        _measure(args, argv, modes, device)
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+
+
+def _measure(args, argv, modes, device) -> None:
     kept = False if args.default_malloc else keep_freed_memory()
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     if args.stream_k:
@@ -491,6 +520,8 @@ def main(argv=None) -> None:
         results = [run_case(c, modes, args.points, args.repeats, device, args.n_samples, args.batch_size,
                             args.plain_fresh)
                    for c in (args.case or ["digits-resnet56", "cifar-resnet20"])]
+        for r in results:
+            r["busy_cores"] = args.busy
         table = markdown(results, command, kept)
     print(table)
     if args.json:

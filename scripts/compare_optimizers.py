@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import landscape  # noqa: E402
+from landscape.cpu import set_threads  # noqa: E402
 from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
 from landscape.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import save_directions  # noqa: E402
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.15, help="surface range: this fraction of the paths' span each side")
     p.add_argument("--n-samples", type=int, default=512,
                    help="training samples (seeded subset) for the surface; the table's losses use all of them")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default on the CPU: the idle cores this process may use)")
     p.add_argument("--device", default="auto")
     p.add_argument("--retrain", action="store_true", help="train every optimizer again even if its run exists")
     p.add_argument("--out", default="results/compare_optimizers")
@@ -88,10 +89,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()
     runs = select_runs(args.optimizers)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LandscapeError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise LandscapeError(f"--threads must be >= 1, got {args.threads}")
+    note = set_threads(args.threads, resolve_device(args.device))
+    if note is not None:
+        print(f"note: {note}")
     out = Path(args.out)
     base = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed)
     tr = load_dataset(args.dataset, "train", args.data_root, args.n_train, args.seed)

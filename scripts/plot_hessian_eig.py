@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     o.add_argument("--cuda", action="store_true", help="same as --device cuda (reference code flag)")
     o.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (1 is fastest on 2 shared cores; default: torch's choice)")
+                   help="CPU threads for torch (default on the CPU: the idle cores this process may use)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     f = p.add_argument_group("plots")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS_META = {"arch": "resnet20", "num_classes": 10, "in_channels": 1, "dataset": "digits"}
 
 # The tests' models are tiny: one thread is fastest, and several threads on shared cores can make
-# each forward pass 50x slower (they wait on each other) without changing any result.
+# each forward pass 50x slower (they wait on each other) without changing any result. The
+# environment variable keeps the jobs the tests run (and their subprocesses) at one thread too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
