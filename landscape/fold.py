@@ -150,24 +150,30 @@ def packed_weight(weight, padding, stride, dilation, groups, x):
     return cached[1]
 
 
-# the first error of a fused cuDNN call in this process (None: none yet); after one, the
-# convolutions run unfused (see `_cudnn_fused`)
-_CUDNN_FUSION_ERROR: str | None = None
+# fused cuDNN calls that failed in this process: (kind, input shape without the batch, weight
+# shape, dtype, stride, padding) -> cuDNN's error; those run unfused (see `_cudnn_fused`)
+CUDNN_FUSION_FAILED: dict[tuple, str] = {}
 
 
-def _cudnn_fused(fused, unfused):
-    """fused() (a fused cuDNN call), or unfused() once a fused call has failed in this process:
-    cuDNN builds the fused kernels at run time and some versions and data types have none (it
-    raises then); the first failure is reported with a warning and the run goes on unfused."""
-    global _CUDNN_FUSION_ERROR
-    if _CUDNN_FUSION_ERROR is None:
+def _cudnn_fused(key: tuple, fused, unfused):
+    """fused() (a fused cuDNN call), or unfused() where a call like it (`key`) has failed in this
+    process: cuDNN builds fused kernels at run time and has none for some shapes and data types
+    (a 3-channel stem, say); it raises then. Each failing kind of call is warned about once and
+    runs unfused from then on; the others stay fused."""
+    if key not in CUDNN_FUSION_FAILED:
         try:
             return fused()
         except RuntimeError as e:
-            _CUDNN_FUSION_ERROR = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            warnings.warn(f"a fused cuDNN convolution failed ({_CUDNN_FUSION_ERROR}); "
-                          "running the convolutions unfused", RuntimeWarning, stacklevel=3)
+            text = str(e).strip()
+            CUDNN_FUSION_FAILED[key] = text.splitlines()[0] if text else type(e).__name__
+            warnings.warn(f"a fused cuDNN convolution ({key[0]}, input {key[1]}, weight {key[2]}, {key[3]}) failed "
+                          f"({CUDNN_FUSION_FAILED[key]}); running it unfused", RuntimeWarning, stacklevel=3)
     return unfused()
+
+
+def _key(kind, x, weight, stride, padding) -> tuple:
+    return (kind, tuple(x.shape[1:]), tuple(weight.shape), str(x.dtype).removeprefix("torch."), tuple(stride),
+            tuple(padding))
 
 
 def conv_relu(x, weight, bias, padding, stride, dilation, groups, pack=False):
@@ -175,6 +181,7 @@ def conv_relu(x, weight, bias, padding, stride, dilation, groups, pack=False):
     `pack`: with the weight in oneDNN's layout (`packed_weight`; CPU only)."""
     if x.is_cuda:
         return _cudnn_fused(
+            _key("relu", x, weight, stride, padding),
             lambda: torch.cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups),
             lambda: torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)))
     if pack:
@@ -189,6 +196,7 @@ def conv_add_relu(x, other, weight, bias, padding, stride, dilation, groups, pac
     bf16 kernel), else the three ops. On CUDA one cuDNN call (conv, + other, + bias, ReLU)."""
     if x.is_cuda:
         return _cudnn_fused(
+            _key("add_relu", x, weight, stride, padding),
             lambda: torch.cudnn_convolution_add_relu(x, weight, other, 1.0, bias, stride, padding, dilation, groups),
             lambda: torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups) + other))
     nhwc = torch.channels_last
@@ -210,7 +218,7 @@ def fuse_conv_activation(gm: torch.fx.GraphModule, pack: bool = False, device_ty
     models in float32 (the tests find the unfused losses to 1e-6) or bfloat16 (the addition and
     ReLU act on the float32 accumulator before the one rounding). On CUDA the same two functions
     call cuDNN's fused kernels (`torch.cudnn_convolution_relu`, `torch.cudnn_convolution_add_relu`),
-    falling back to the unfused ops if cuDNN has none (`_cudnn_fused`).
+    falling back to the unfused ops where cuDNN has none (`_cudnn_fused`).
 
     The graph reads each convolution's weight and bias by name (`get_attr`), so a point written
     into the module's tensors in place is what the next forward pass uses; the modules stay (unused)

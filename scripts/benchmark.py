@@ -68,6 +68,8 @@ MODES = {
     "compile-bf16-cudnnbench": EngineOptions(precision="bf16", fold_bn=True, compile=True, cudnn_benchmark=True),
     "compile-bf16-autotune": EngineOptions(precision="bf16", fold_bn=True, compile=True,
                                            compile_mode="max-autotune-no-cudagraphs"),
+    "compile-bf16-cudagraphs": EngineOptions(precision="bf16", fold_bn=True, compile=True,
+                                             compile_mode="reduce-overhead"),
     # K points per launch (landscape.multipoint; folded, unfused, autocast): benchmark only until it wins
     "fp32-vmap4": EngineOptions(precision="fp32", fold_bn=True, fuse=False),
     "bf16-vmap4": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
@@ -286,8 +288,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
               "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "channels_last": nhwc,
               "modes": {}, "failed": failed}
-    if fold._CUDNN_FUSION_ERROR is not None:  # the cudafuse modes then ran unfused
-        result["cudnn_fusion_error"] = fold._CUDNN_FUSION_ERROR
+    if fold.CUDNN_FUSION_FAILED:  # the cudafuse modes ran these convolutions unfused
+        result["cudnn_fusion_failed"] = {" ".join(map(str, k)): v for k, v in fold.CUDNN_FUSION_FAILED.items()}
     if fresh:
         result["plain_fresh_ips"] = forwards / statistics.median(fresh_times)
     for mode in engines:

@@ -12,7 +12,8 @@
 #   DATA_DIR: folder with cifar10_train_jpeg50k.npz (or cifar-10-batches-py/)
 #   CKPT:     resnet56-4bfd9763.th (akamaster; recognised by its sha256)
 # Environment: GRID (default -1:1:51), SURFACE_SECONDS, SUITE_SECONDS, BENCH_SAMPLES (default 16384),
-#   AUTOTUNE=1 (also measure compile-bf16-autotune: inductor's max-autotune, minutes of tuning),
+#   AUTOTUNE=1 (also measure compile-bf16-autotune, inductor's max-autotune: minutes of tuning; and
+#   compile-bf16-cudagraphs, CUDA graphs: little to gain at batch 8192),
 #   BENCH_POINTS / BENCH_REPEATS (default 8 / 3), DEVICE (default cuda; cpu for a dry run of the
 #   script itself with a tiny GRID and BENCH_SAMPLES).
 set -uo pipefail
@@ -37,7 +38,7 @@ echo "== 2. benchmark"
 python3 scripts/benchmark.py --device "$device" --case digits-resnet56 --case cifar-resnet20 \
     --modes fp32,tf32,bf16 "${bench[@]}" --json "$out/bench_small.json"
 bf16_modes=bf16,bf16-cudafuse,bf16-cudnnbench,bf16-cudafuse-cudnnbench,compile-bf16,compile-bf16-cudnnbench,bf16-vmap4,bf16-vmap8
-[ "${AUTOTUNE:-0}" = 1 ] && bf16_modes="$bf16_modes,compile-bf16-autotune"
+[ "${AUTOTUNE:-0}" = 1 ] && bf16_modes="$bf16_modes,compile-bf16-autotune,compile-bf16-cudagraphs"
 python3 scripts/benchmark.py --device "$device" --case cifar-resnet56 --modes "fp32,tf32,$bf16_modes" \
     "${bench[@]}" --json "$out/bench_resnet56.json"
 # the fastest bf16 mode whose error is bf16's (a mode that failed is not in the file; the vmap modes
