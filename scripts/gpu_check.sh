@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# All GPU checks in one go, on a CUDA machine (about 8 minutes on an H200):
+# All GPU checks in one go, on a CUDA machine, within TOTAL_SECONDS (default 560: one 10-minute
+# device command):
 #   1. the CUDA tests (CPU vs CUDA agreement of the loop and of Hessian-vector products)
 #   2. the benchmark on CUDA: plain eager vs our modes, ratios and errors -> $out/bench*.json
 #   3. the full 51x51 ResNet-56 surface over the 50,000-image CIFAR-10 train set (akamaster
 #      checkpoint) in bf16, timed, in the bf16 mode the benchmark found fastest on ResNet-56
 #      (eager or compiled, with or without cuDNN fusion / benchmark mode; its `surface_flags`).
-#      Stopped with SIGTERM after SURFACE_SECONDS (default 300): the file keeps every point and a
-#      rerun resumes.
+#      Stopped with SIGTERM after SURFACE_SECONDS (default 300, less if the steps before left less
+#      of TOTAL_SECONDS): the file keeps every point and a rerun resumes.
 #   4. the whole test suite with CUDA visible (8 processes, capped at SUITE_SECONDS, default 120)
 # Usage: scripts/gpu_check.sh DATA_DIR CKPT [OUT]
 #   DATA_DIR: folder with cifar10_train_jpeg50k.npz (or cifar-10-batches-py/)
 #   CKPT:     resnet56-4bfd9763.th (akamaster; recognised by its sha256)
-# Environment: GRID (default -1:1:51), SURFACE_SECONDS, SUITE_SECONDS, BENCH_SAMPLES (default 16384),
+# Environment: GRID (default -1:1:51), TOTAL_SECONDS, SURFACE_SECONDS, SUITE_SECONDS, BENCH_SAMPLES
+#   (default 16384),
 #   AUTOTUNE=1 (also measure compile-bf16-autotune, inductor's max-autotune: minutes of tuning; and
 #   compile-bf16-cudagraphs, CUDA graphs: little to gain at batch 8192),
 #   BENCH_POINTS / BENCH_REPEATS (default 8 / 3), DEVICE (default cuda; cpu for a dry run of the
@@ -23,6 +25,7 @@ out=${3:-${OUT:-results/gpu_check}}
 grid=${GRID:--1:1:51}
 device=${DEVICE:-cuda}
 bench=(--n-samples "${BENCH_SAMPLES:-16384}" --points "${BENCH_POINTS:-8}" --repeats "${BENCH_REPEATS:-3}")
+t_start=$(date +%s)
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -56,9 +59,13 @@ EOF
 )
 echo "surface flags: ${flags}"
 
-echo "== 3. ${grid} x ${grid} surface, ResNet-56, CIFAR-10 train"
+surface_s=${SURFACE_SECONDS:-300}
+left=$(( ${TOTAL_SECONDS:-560} - ($(date +%s) - t_start) - ${SUITE_SECONDS:-120} - 15 ))
+[ "$left" -lt "$surface_s" ] && surface_s=$left
+[ "$surface_s" -lt 30 ] && surface_s=30
+echo "== 3. ${grid} x ${grid} surface, ResNet-56, CIFAR-10 train (at most ${surface_s} s)"
 start=$(date +%s.%N)
-timeout -s TERM "${SURFACE_SECONDS:-300}" python3 scripts/plot_surface.py --ckpt "$ckpt" --dataset cifar10 \
+timeout -s TERM "$surface_s" python3 scripts/plot_surface.py --ckpt "$ckpt" --dataset cifar10 \
     --data-root "$data" --x="$grid" --y="$grid" $flags --device "$device" --out "$out" --no-progress
 echo "surface exit status $?; wall time $(python3 -c "import time,sys; print(f'{time.time()-float(sys.argv[1]):.1f}')" "$start") s"
 python3 - "$out" <<'EOF'
@@ -70,6 +77,6 @@ for f in glob.glob(f"{sys.argv[1]}/*x*_y*.h5"):
         print(f, "points done", int(done.sum()), "of", done.size, "engine", eng, "batch", h.attrs.get("batch_size"))
 EOF
 
-echo "== 4. test suite with CUDA visible"
+echo "== 4. test suite with CUDA visible (at most ${SUITE_SECONDS:-120} s)"
 timeout -s TERM "${SUITE_SECONDS:-120}" python3 -m pytest -q -x -p no:cacheprovider -n 8 tests 2>&1 | tail -25
 } 2>&1 | tee "$log"
