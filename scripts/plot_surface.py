@@ -167,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--cudnn-benchmark", action="store_true",
                    help="CUDA: cuDNN times its convolution algorithms once per batch shape and keeps the fastest "
                         "(values may differ in the last bits between runs)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default on the CPU: the idle cores this process may use, "
+    e.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default on the CPU: the idle cores this process may use, "
                         "shared among the ranks of a node)")
     e.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's allocator as it is (by default the process keeps freed memory for reuse "

@@ -48,6 +48,27 @@ def test_bad_grid_spec(plot_surface, capsys, tmp_path: Path, spec: str, expected
     assert not any(tmp_path.iterdir())  # nothing was computed or written
 
 
+def test_bad_compile_mode(plot_surface, capsys, tmp_path: Path) -> None:
+    line = run_error(plot_surface, capsys, ["--compile-mode", "fastest", "--x=-1:1:3", "--out", str(tmp_path), *SMALL])
+    assert "--compile-mode must be one of" in line and "max-autotune-no-cudagraphs" in line and "'fastest'" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_gpu_levers_on_the_cpu_change_nothing_and_say_so(plot_surface, tmp_path: Path, capsys) -> None:
+    """--cuda-fuse and --cudnn-benchmark change nothing on the CPU: the values equal a run without
+    them, the notes say so, and the file's engine settings do not claim them."""
+    plot_surface.main(["--x=-1:1:3", "--out", str(tmp_path / "a"), *SMALL])
+    plot_surface.main(["--x=-1:1:3", "--out", str(tmp_path / "b"), "--cuda-fuse", "--cudnn-benchmark", *SMALL])
+    out = capsys.readouterr().out
+    assert "cuDNN fusion asked for; it has no effect on cpu" in out
+    assert "cuDNN benchmark mode asked for; it has no effect on cpu" in out
+    a, b = (next((tmp_path / d).glob("*x-1_1_3.h5")) for d in "ab")
+    assert np.array_equal(read_surface(a).metrics["train_loss"], read_surface(b).metrics["train_loss"])
+    with h5py.File(b) as h:
+        engine = json.loads(h.attrs["engine"])
+    assert "cuda_fuse" not in engine and "cudnn_benchmark" not in engine  # recorded on CUDA only
+
+
 def test_y_without_x(plot_surface, capsys, tmp_path: Path) -> None:
     line = run_error(plot_surface, capsys, ["--y=-1:1:3", "--out", str(tmp_path), *SMALL])
     assert "--y needs --x too" in line
