@@ -209,7 +209,10 @@ def compute_surface(
     `<prefix>_<name>` for each (`train_loss`, `train_acc` from an Evaluator), or `<name>` for
     the prefix "" (e.g. the reference's `max_eig`). The file is rewritten atomically at most every
     `flush_seconds`, at the end, and on interruption (Ctrl-C, SIGTERM), so a rerun of
-    the same call continues where this one stopped. The model holds theta0 afterwards.
+    the same call continues where this one stopped. The model holds theta0 afterwards. Each run
+    that computes points appends {points, seconds, ranks, finished} to the JSON list in the
+    attribute `runs`: the wall seconds spent evaluating them (start-up not included), the cost
+    per point a run showed.
 
     With a `group` of several ranks, rank 0 alone locks, reads and writes the file; every rank
     takes an interleaved share of the points left and the results reach rank 0 in blocks sized
@@ -271,6 +274,7 @@ def compute_surface(
     bar = tqdm(total=total, initial=initial, desc="surface", unit="pt", dynamic_ncols=True,
                disable=not (progress and group.is_main))
     last_flush = time.monotonic()
+    run_points, run_seconds = 0, 0.0  # this run's points and the wall seconds spent evaluating them
     blocks: list[_Block] = []
     own_error: BaseException | None = None
     lost: BaseException | None = None
@@ -288,6 +292,8 @@ def compute_surface(
                 except RuntimeError as e:  # a rank died: keep what was gathered
                     lost = e
                     break
+                run_points += sum(len(b.idx) for b in blocks)
+                run_seconds += max(b.seconds for b in blocks)  # the ranks work side by side
                 if surf is not None:
                     for r, b in enumerate(blocks):
                         for idx, row in zip(b.idx, b.values):
@@ -312,6 +318,14 @@ def compute_surface(
         bar.close()
         if surf is not None:
             try:
+                if run_points:
+                    runs = json.loads(surf.attrs.get("runs", "[]"))
+                    runs.append({"points": run_points, "seconds": round(run_seconds, 3), "ranks": group.world_size,
+                                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+                    surf.attrs["runs"] = json.dumps(runs)
+                    if notes is not None:
+                        notes.append(f"this run computed {run_points} points in {run_seconds:.1f} s "
+                                     f"({run_seconds / run_points:.3g} s a point, start-up not included)")
                 write_surface(path, surf)
                 if stores and surf.done.all():  # nothing left to resume
                     for store in stores:

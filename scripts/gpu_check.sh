@@ -75,6 +75,11 @@ for f in glob.glob(f"{sys.argv[1]}/*x*_y*.h5"):
         done = h["done"][()]
         eng = json.loads(h.attrs["engine"]) if isinstance(h.attrs.get("engine"), str) else h.attrs.get("engine")
         print(f, "points done", int(done.sum()), "of", done.size, "engine", eng, "batch", h.attrs.get("batch_size"))
+        runs = json.loads(h.attrs.get("runs", "[]"))
+        if runs:
+            pts, sec = sum(r["points"] for r in runs), sum(r["seconds"] for r in runs)
+            print(f"points computed {pts} in {sec:.1f} s over {len(runs)} run(s): {sec / pts:.4f} s a point; "
+                  f"the whole grid at that rate {sec / pts * done.size / 60:.2f} min plus one start-up")
 EOF
 
 echo "== 4. test suite with CUDA visible (at most ${SUITE_SECONDS:-120} s)"

@@ -220,3 +220,18 @@ def test_plane_through_three_checkpoints(plot_surface, digits_ckpt: Path, tmp_pa
         loss, acc = Evaluator(model, x, data.y)()
         assert surf.metrics["train_loss"][iy, ix] == pytest.approx(loss, rel=1e-5)
         assert surf.metrics["train_acc"][iy, ix] == acc
+
+
+def test_each_run_records_its_points_and_seconds(plot_surface, tmp_path: Path, capsys) -> None:
+    """A run stopped by --max-points and its resumption each append {points, seconds} to the
+    file's `runs`; a run with nothing left to do appends nothing; the note gives the cost a point."""
+    args = ["--x=-1:1:5", "--out", str(tmp_path), *SMALL]
+    plot_surface.main([*args, "--max-points", "2"])
+    assert "this run computed 2 points in" in capsys.readouterr().out
+    plot_surface.main(args)
+    assert "this run computed 3 points in" in capsys.readouterr().out
+    plot_surface.main(args)
+    assert "this run computed" not in capsys.readouterr().out
+    with h5py.File(next(tmp_path.glob("*x-1_1_5.h5"))) as h:
+        runs = json.loads(h.attrs["runs"])
+    assert [r["points"] for r in runs] == [2, 3] and all(r["seconds"] > 0 and r["ranks"] == 1 for r in runs)
