@@ -175,6 +175,9 @@ def compute_surface(
     precision: str = "fp32",
     fold_bn: bool = True,
     compile: bool = False,
+    compile_mode: str | None = None,
+    cuda_fuse: bool = False,
+    cudnn_benchmark: bool = False,
     stream: bool | None = None,
     points_per_pass: int = DEFAULT_POINTS_PER_PASS,
     memory_budget: int | None = None,
@@ -203,6 +206,8 @@ def compute_surface(
             list of direction lists (e.g. from `landscape.directions.random`).
         out: the surface file; None keeps it in a temporary folder (the Surface is returned).
             The directions go next to it, `<out stem>_dirs.h5`.
+        batch_size, device, precision, fold_bn, compile, compile_mode, cuda_fuse, cudnn_benchmark:
+            the evaluation engine (`landscape.evaluate.EngineOptions`), as the command line's flags.
         stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
             batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
             than `memory_budget` bytes or is a DataLoader/iterable).
@@ -235,7 +240,8 @@ def compute_surface(
     dirs = _directions(model, directions, grid.ndim, seed, spec)
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    engine = EngineOptions(precision, fold_bn and has_bn, compile, batch_size)  # nothing to fold without BN
+    engine = EngineOptions(precision, fold_bn and has_bn, compile or compile_mode is not None, batch_size,
+                           cuda_fuse=cuda_fuse, cudnn_benchmark=cudnn_benchmark, compile_mode=compile_mode)
     eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
                                               [dirs.x, dirs.y][:grid.ndim], engine)
     if notes is not None and has_bn:
