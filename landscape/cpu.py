@@ -30,26 +30,56 @@ import torch
 IDLE_INTERVAL_S = 0.1  # how long the idle measurement looks (/proc/stat counts in 10 ms ticks)
 
 
-def cgroup_quota(cpu_max: str | None = None, cfs: tuple[str, str] | None = None) -> float | None:
-    """The cgroup CPU quota in cores (None: no quota, or none readable): cgroup v2's cpu.max
-    ("max 100000" or "200000 100000"), else v1's cpu.cfs_quota_us / cpu.cfs_period_us (-1: none).
-    The texts may be given (for tests); by default they are read from /sys/fs/cgroup."""
-    root = Path("/sys/fs/cgroup")
-    if cpu_max is None and cfs is None:
-        try:
-            cpu_max = (root / "cpu.max").read_text()
-        except OSError:
-            try:
-                cfs = ((root / "cpu" / "cpu.cfs_quota_us").read_text(), (root / "cpu" / "cpu.cfs_period_us").read_text())
-            except OSError:
-                return None
-    try:
-        quota, period = cpu_max.split()[:2] if cpu_max is not None else (cfs[0].strip(), cfs[1].strip())
-        if quota in ("max", "-1"):
-            return None
-        return max(float(quota) / float(period), 0.0) or None
-    except (ValueError, ZeroDivisionError, IndexError):
+def _quota_v2(cpu_max: str) -> float | None:
+    """Cores allowed by a cgroup v2 cpu.max text ("max 100000" or "200000 100000")."""
+    parts = cpu_max.split()
+    if len(parts) < 2 or parts[0] == "max":
         return None
+    return float(parts[0]) / float(parts[1])
+
+
+def _quota_v1(quota: str, period: str) -> float | None:
+    """Cores allowed by cgroup v1's cpu.cfs_quota_us / cpu.cfs_period_us (quota -1: none)."""
+    q = float(quota.strip())
+    return None if q < 0 else q / float(period.strip())
+
+
+def cgroup_quota(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | None = None) -> float | None:
+    """The CPU quota of this process's cgroup in cores: the smallest over it and its ancestors
+    (cgroup v2 cpu.max; v1 cpu.cfs_quota_us / cpu.cfs_period_us), found through /proc/self/cgroup
+    (or the text `self_cgroup`) under `root`; None when there is none or none is readable."""
+    root = Path(root)
+    if self_cgroup is None:
+        try:
+            self_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            self_cgroup = "0::/"
+    quotas = []
+    for line in self_cgroup.splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and controllers == "":
+            base, files = root / "unified" if (root / "unified").is_dir() else root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):
+            base = next((root / n for n in (controllers, "cpu", "cpu,cpuacct") if (root / n).is_dir()), None)
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            if base is None:
+                continue
+        else:
+            continue
+        level = base / path.strip().lstrip("/")
+        while True:  # the cgroup, then each ancestor up to the hierarchy's root
+            try:
+                texts = [(level / f).read_text() for f in files]
+                q = _quota_v2(*texts) if len(texts) == 1 else _quota_v1(*texts)
+                if q is not None and q > 0:
+                    quotas.append(q)
+            except (OSError, ValueError, ZeroDivisionError):
+                pass
+            if level == base or base not in level.parents:
+                break
+            level = level.parent
+    return min(quotas) if quotas else None
 
 
 def usable_cpus() -> list[int]:

@@ -25,11 +25,28 @@ def test_cpu_times_sum_the_listed_cpus_idle_and_iowait():
     assert cpu.cpu_times([], STAT) is None
 
 
-@pytest.mark.parametrize("cpu_max,cfs,expected", [
-    ("max 100000\n", None, None), ("200000 100000\n", None, 2.0), ("150000 100000", None, 1.5),
-    (None, ("-1\n", "100000\n"), None), (None, ("400000\n", "100000\n"), 4.0), ("garbage", None, None)])
-def test_cgroup_quota_in_cores(cpu_max, cfs, expected):
-    assert cpu.cgroup_quota(cpu_max, cfs) == expected
+def test_cgroup_quota_is_the_smallest_over_the_cgroup_and_its_ancestors(tmp_path):
+    """A fake cgroup tree: v2, a job slice limited to 2 cores holding a scope without a limit of its
+    own gives 2; a tighter scope gives its own 1.5; v1 (cfs quota / period, -1 for none) likewise;
+    no limit anywhere, or no files, gives None."""
+    scope = tmp_path / "v2" / "job.slice" / "step.scope"
+    scope.mkdir(parents=True)
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "v2" / "job.slice" / "cpu.max").write_text("200000 100000\n")
+    (scope / "cpu.max").write_text("max 100000\n")
+    assert cpu.cgroup_quota(tmp_path / "v2", "0::/job.slice/step.scope\n") == 2.0
+    (scope / "cpu.max").write_text("150000 100000\n")
+    assert cpu.cgroup_quota(tmp_path / "v2", "0::/job.slice/step.scope\n") == 1.5
+    assert cpu.cgroup_quota(tmp_path / "v2", "0::/\n") is None  # the root: no limit
+    v1 = tmp_path / "v1" / "cpu,cpuacct" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    (v1.parent / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1.parent / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu.cgroup_quota(tmp_path / "v1", "2:cpu,cpuacct:/docker/abc\n1:memory:/docker/abc\n") == 4.0
+    assert cpu.cgroup_quota(tmp_path / "v1", "1:memory:/docker/abc\n") is None
+    assert cpu.cgroup_quota(tmp_path / "none", "0::/x\n") is None
 
 
 @pytest.mark.parametrize("env,expected", [
