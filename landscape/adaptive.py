@@ -415,6 +415,28 @@ class SampledMeasure:
         return tuple(x for m, e in zip(est.means, est.ses) for x in (m, e)) + (float(est.n),)
 
 
+class SampledBlockMeasure(SampledMeasure):
+    """A `SampledMeasure` with a plan whose tolerance is None (every point uses the whole set) over
+    an evaluator with `block_sums` (K points per launch, `landscape.multipoint`): `block` gives the
+    rows for several points from one pass over the set."""
+
+    def __init__(self, evaluator, plan: SamplingPlan, population: int | None = None):
+        if plan.tolerance is not None:
+            raise ValueError("K points per launch evaluate every point on the whole set: no tolerance")
+        super().__init__(evaluator, plan, population)
+        self.points_per_pass = evaluator.points_per_pass
+
+    def block(self, setter, points) -> list[list[float]]:
+        size = len(self.evaluator)
+        population = size if self.population is None else self.population
+        rows = []
+        for t in self.evaluator.block_sums(setter, points).tolist() if len(points) else []:
+            stats = [_stats(row, size, size, population) for row in t]
+            rows.append([x for m, e in stats for x in (m, e)] + [float(size)])
+            self.forwards += size
+        return rows
+
+
 def set_size(surf, prefix: str = "train") -> int | None:
     """The size of the `prefix` split's set as the surface's `n_samples` attribute records it, if it does."""
     import json

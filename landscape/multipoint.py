@@ -6,85 +6,110 @@ convolution whose weight is batched and whose input is not becomes one convoluti
 the output channels, and the ones after it grouped convolutions with K groups. Each point's
 values are those of the one-point loop up to float rounding (the tests check it).
 
-This is the speed issue's "several grid points per launch" lever, kept out of the surface loop
-until `scripts/benchmark.py` (modes `*-vmapK`) shows a win: on this CPU grouped convolutions are
-slower than K plain ones; on a GPU it is measured by `scripts/gpu_check.sh`.
+This is the speed issue's "several grid points per launch" lever, for where one point does not
+fill the device (a small data set on a GPU). It is opt-in (`--points-per-launch K`) until
+`scripts/benchmark.py` (modes `*-vmapK`) shows a win: on this CPU grouped convolutions made it
+0.37-0.65x of the one-point loop; on a GPU `scripts/gpu_check.sh` measures it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from landscape.evaluate import PointSetter, _unwrapped, default_batch_size, eval_mode
+from landscape.errors import LandscapeError
+from landscape.evaluate import (LossFn, Measures, PointSetter, Evaluator, _unwrapped, batch_sums, cross_entropy,
+                                eval_mode)
 
 
-class MultiPointEvaluator:
-    """Loss and accuracy (cross-entropy, top-1) at K points per pass over resident data (x, y).
+class MultiPointEvaluator(Evaluator):
+    """An `Evaluator` whose `block(setter, points)` evaluates `points_per_pass` points per pass over
+    the data, all of them in each forward pass (vmap over their stacked weights). Called without
+    points it evaluates the model's current weights, as an `Evaluator` does.
 
-    `model` is the evaluation model (for instance a folded copy from `prepare_engine` with
-    `fuse=False`: the fused oneDNN calls have no vmap rule) and `setter` the PointSetter that
-    moves it; its moving tensors are found in the model by storage. `precision` as in
-    `Evaluator` (bf16/fp16 by autocast)."""
+    `model` must be the model the setter moves, run in float32 storage (for instance a folded copy
+    from `prepare_engine` with `fuse=False`: the fused oneDNN calls have no vmap rule; bf16/fp16
+    by autocast, `precision`). The batch size, when not given, is the one-point default, on the
+    CPU divided by K (the K points' activations share the cache that rule sizes a batch for)."""
 
-    def __init__(self, model: nn.Module, setter: PointSetter, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int | None = None, precision: str = "fp32"):
-        self.model = _unwrapped(model)
-        by_storage = {t.data_ptr(): name for name, t in self.model.state_dict(keep_vars=True).items()}
-        missing = [i for i, t in enumerate(setter.live) if t.data_ptr() not in by_storage]
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: Any, loss_fn: LossFn = cross_entropy,
+                 batch_size: int | None = None, precision: str = "fp32", metrics: Measures | None = None,
+                 points_per_pass: int = 4):
+        if points_per_pass < 1:
+            raise LandscapeError(f"--points-per-launch must be >= 1, got {points_per_pass}")
+        super().__init__(model, x, y, loss_fn, batch_size, precision, metrics)
+        if batch_size is None and x.device.type == "cpu":
+            self.batch_size = max(1, self.batch_size // points_per_pass)
+        self.points_per_pass = points_per_pass
+        self._inner = _unwrapped(model)
+        self._run = torch.func.vmap(lambda params, xb: torch.func.functional_call(self._inner, params, (xb,)),
+                                    in_dims=(0, None))
+
+    def _names(self, setter: PointSetter) -> list[str]:
+        """The model's names of the tensors `setter` moves (matched by storage)."""
+        by_storage = {t.data_ptr(): name for name, t in self._inner.state_dict(keep_vars=True).items()}
+        missing = sum(t.data_ptr() not in by_storage for t in setter.live)
         if missing:
-            raise ValueError(f"{len(missing)} moving tensors of the setter are not tensors of the model")
-        self.names = [by_storage[t.data_ptr()] for t in setter.live]
-        self.setter, self.x, self.y, self.precision = setter, x, y, precision
-        self.batch_size = batch_size  # None: per call, see `_batch`
+            raise LandscapeError(f"{missing} tensors the setter moves are not tensors of the evaluated model; "
+                                 "K points per launch needs the model the setter moves (no bf16 copy)")
+        return [by_storage[t.data_ptr()] for t in setter.live]
 
-        def one(params, xb):
-            return torch.func.functional_call(self.model, params, (xb,))
-
-        self._run = torch.func.vmap(one, in_dims=(0, None))
-
-    def stacked(self, coords: Sequence[Sequence[float]]) -> dict[str, torch.Tensor]:
-        """The moving tensors at each of the K points, stacked: name -> (K, *shape); computed as
-        the setter computes one point (theta0, then + c_i d_i for each nonzero c_i, in float32)."""
+    @staticmethod
+    def stacked(setter: PointSetter, names: Sequence[str], points: Sequence[Sequence[float]]) -> dict[str, torch.Tensor]:
+        """The moving tensors at each point, stacked: name -> (K, *shape); each computed as the
+        setter computes one point (theta0, then + c_i d_i for each nonzero c_i, in its dtype)."""
         out = {}
-        for j, name in enumerate(self.names):
+        for j, name in enumerate(names):
             rows = []
-            for c in coords:
-                t = self.setter.theta0[j].clone()
-                for ci, d in zip(c, self.setter.dirs):
+            for c in points:
+                t = setter.theta0[j].clone()
+                for ci, d in zip(c, setter.dirs):
                     if ci != 0:
                         t.add_(d[j], alpha=float(ci))
                 rows.append(t)
             out[name] = torch.stack(rows)
         return out
 
-    def _batch(self, k: int) -> int:
-        """The batch size given, else the one-point default; on the CPU divided by K (the K
-        points' activations share the cache the rule sizes a batch for)."""
-        if self.batch_size is not None:
-            return self.batch_size
-        b = default_batch_size(self.model, self.x, self.precision)
-        return max(1, b // k) if self.x.device.type == "cpu" else b
-
     @torch.no_grad()
-    def __call__(self, coords: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
-        """(loss, accuracy) at each point of `coords`, all K in one pass per batch."""
-        if not coords:
+    def block_sums(self, setter: PointSetter, points: Sequence[Sequence[float]]) -> torch.Tensor:
+        """(K, len(metric_names), 2) float64 on the data's device: per point, the sums and sums of
+        squares of the per-sample values (as `Evaluator.sums`), all K points in each forward pass;
+        in passes of `points_per_pass` points. The model's own tensors are not touched."""
+        names = self._names(setter)
+        k_all, n = len(points), len(self.x)
+        total = torch.zeros(k_all, len(self._fns), 2, dtype=torch.float64, device=self.x.device)
+        self._inner.eval()
+        with eval_mode(self.x.device, self.precision), warnings.catch_warnings():
+            # torch has no batching rule for the in-place view adaptive pooling takes in channels_last
+            # and loops over the K points there; the pooling is a sliver of the work
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
+                                    "implemented the batching rule")
+            for p0 in range(0, k_all, self.points_per_pass):
+                chunk = points[p0:p0 + self.points_per_pass]
+                params = self.stacked(setter, names, chunk)
+                for i in range(0, n, self.batch_size):
+                    j = min(i + self.batch_size, n)
+                    out = self._run(params, self.x[i:j])  # (K, batch, ...)
+                    for k in range(len(chunk)):
+                        total[p0 + k] += batch_sums(out[k], self.y[i:j], j - i, self._fns, self.metric_names,
+                                                    self.batch_means)
+        return total
+
+    def block(self, setter: PointSetter, points: Sequence[Sequence[float]]) -> list[list[float]]:
+        """The mean of each of `metric_names` at each of `points` (one host sync); on a CUDA
+        out-of-memory error the batch size is halved and the block evaluated again."""
+        if not len(points):
             return []
-        params = self.stacked(coords)
-        k, n = len(coords), len(self.x)
-        bs = self._batch(k)
-        total = torch.zeros(k, 2, dtype=torch.float64, device=self.x.device)
-        self.model.eval()
-        with eval_mode(self.x.device, self.precision):
-            for i in range(0, n, bs):
-                xb, yb = self.x[i:i + bs], self.y[i:i + bs]
-                out = self._run(params, xb).float()  # (K, B, classes)
-                loss = F.cross_entropy(out.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1)
-                hits = (out.argmax(-1) == yb).to(torch.float64)
-                total[:, 0] += loss.double().sum(1)
-                total[:, 1] += hits.sum(1)
-        return [(float(a), float(b)) for a, b in (total / n).tolist()]
+        while True:
+            try:
+                sums = self.block_sums(setter, points)
+                break
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+        return (sums[:, :, 0] / len(self.x)).tolist()

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
-from landscape.adaptive import SampledMeasure, SamplingPlan, order_path, sample_order, stratify_sets
+from landscape.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
+                                stratify_sets)
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
+from landscape.multipoint import MultiPointEvaluator
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
@@ -409,6 +412,7 @@ class SurfaceJob:
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     cuda_fuse: bool = False  # CUDA: conv + ReLU (+ residual) as one cuDNN call (EngineOptions.cuda_fuse)
     cudnn_benchmark: bool = False  # CUDA: cuDNN picks its fastest algorithms per batch shape
+    points_per_launch: int = 1  # K > 1: K points in each forward pass (landscape.multipoint)
     threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use (landscape.cpu)
     shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
     flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
@@ -457,6 +461,13 @@ def _check_job(job: SurfaceJob) -> None:
     if job.batch_size is not None and job.batch_size < 1:
         raise LandscapeError(f"--batch-size must be >= 1, got {job.batch_size}")
     EngineOptions(job.precision, compile=job.compile, compile_mode=job.compile_mode)  # its errors before any work
+    if job.points_per_launch < 1:
+        raise LandscapeError(f"--points-per-launch must be >= 1, got {job.points_per_launch}")
+    if job.points_per_launch > 1:
+        clash = [flag for flag, on in (("--tolerance", job.sampling is not None and job.sampling.tolerance is not None),
+                                       ("--compile", job.compile), ("--bn-recompute", job.bn_recompute)) if on]
+        if clash:
+            raise LandscapeError(f"--points-per-launch does not combine with {clash[0]}; drop one of them")
     if not job.flush_seconds >= 0:
         raise LandscapeError(f"--flush-seconds must be >= 0, got {job.flush_seconds:g}")
 
@@ -601,17 +612,27 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         engine = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
                                cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
                                compile_mode=job.compile_mode)
+        per_launch = job.points_per_launch
+        # K points per launch vmap the float32 model the setter moves (bf16/fp16 by autocast), unfused
+        prep = dataclasses.replace(engine, precision="fp32", fuse=False) if per_launch > 1 else engine
         eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                                  [dirs.x, *ys], engine)
+                                                  [dirs.x, *ys], prep)
         notes += more
         loss_fn = get_loss(job.loss)
-        evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
-                      for s, (x, y) in splits.items()}
+        if per_launch > 1:
+            notes.append(f"{per_launch} points per launch (vmap over their stacked weights)")
+            evaluators = {s: MultiPointEvaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision,
+                                                 points_per_pass=per_launch) for s, (x, y) in splits.items()}
+        else:
+            evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
+                          for s, (x, y) in splits.items()}
         engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
                         "compile": engine.compile, "threads": torch.get_num_threads(),
                         "channels_last": nhwc}
         if engine.compile_mode is not None:
             engine_attrs["compile_mode"] = engine.compile_mode
+        if per_launch > 1:
+            engine_attrs["points_per_launch"] = per_launch
         if device.type == "cuda":
             engine_attrs["cuda_fuse"] = any("(cuDNN)" in n for n in more)
             engine_attrs["cudnn_benchmark"] = engine.cudnn_benchmark
@@ -667,6 +688,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
                                                           resume=surf_file.exists() and not job.overwrite)
         if job.sampling.multilevel:
             measures = {s: MultilevelMeasure(ev, job.sampling, grid, populations[s]) for s, ev in evaluators.items()}
+        elif job.points_per_launch > 1:
+            measures = {s: SampledBlockMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
         else:
             measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
     attrs = {

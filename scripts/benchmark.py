@@ -86,10 +86,11 @@ EXAMPLE = """examples:
 """
 
 
-def surface_flags(opts: EngineOptions) -> list[str]:
-    """The `scripts/plot_surface.py` flags that run a surface with the engine options `opts`
-    (their defaults give no flag; batch size aside)."""
+def surface_flags(opts: EngineOptions, per_launch: int = 1) -> list[str]:
+    """The `scripts/plot_surface.py` flags that run a surface with the engine options `opts` and
+    `per_launch` points per launch (their defaults give no flag; batch size aside)."""
     flags = ["--precision", opts.precision]
+    flags += ["--points-per-launch", str(per_launch)] if per_launch > 1 else []
     flags += ["--no-fold-bn"] if not opts.fold_bn else []
     flags += ["--compile"] if opts.compile and opts.compile_mode is None else []
     flags += ["--compile-mode", opts.compile_mode] if opts.compile_mode is not None else []
@@ -214,11 +215,11 @@ def point_loop(setter, ev, coords):
     return run
 
 
-def block_loop(multi, coords, k):
-    """K points per launch (`MultiPointEvaluator`): (run(warm_up=False) -> losses, batch size)."""
+def block_loop(multi, setter, coords):
+    """K points per launch (`MultiPointEvaluator.block`): run(warm_up=False) -> losses."""
     def run(warm_up=False):
-        return [loss for i in range(0, k if warm_up else len(coords), k) for loss, _ in multi(coords[i:i + k])]
-    return run, multi._batch(k)
+        return [row[0] for row in multi.block(setter, coords[:multi.points_per_pass] if warm_up else coords)]
+    return run
 
 
 def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, batch_size,
@@ -246,8 +247,9 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
             prep = dataclasses.replace(opts, precision="fp32") if mode in PER_LAUNCH else opts
             eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], prep)
             if mode in PER_LAUNCH:
-                run, batches[mode] = block_loop(MultiPointEvaluator(eval_model, setter, x_ours, y, opts.batch_size,
-                                                                    opts.precision), coords, PER_LAUNCH[mode])
+                multi = MultiPointEvaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision,
+                                            points_per_pass=PER_LAUNCH[mode])
+                run, batches[mode] = block_loop(multi, setter, coords), multi.batch_size
             else:
                 ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
                 run, batches[mode] = point_loop(setter, ev, coords), ev.batch_size
@@ -299,7 +301,7 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
                                  "center_rel_err": float(err[0]), "peak_mem_mb": peaks[mode],
                                  "warmup_s": compile_s[mode], "batch_size": batches[mode],
                                  "notes": mode_notes[mode],
-                                 "surface_flags": None if mode in PER_LAUNCH else surface_flags(MODES[mode])}
+                                 "surface_flags": surface_flags(MODES[mode], PER_LAUNCH.get(mode, 1))}
         if fresh:
             result["modes"][mode]["ratio_fresh"] = ips / result["plain_fresh_ips"]
     return result

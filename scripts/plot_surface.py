@@ -167,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--cudnn-benchmark", action="store_true",
                    help="CUDA: cuDNN times its convolution algorithms once per batch shape and keeps the fastest "
                         "(values may differ in the last bits between runs)")
+    e.add_argument("--points-per-launch", type=int, default=1, metavar="K",
+                   help="evaluate K grid points in each forward pass (vmap over their stacked weights), for data "
+                        "that do not fill a GPU (slower on the CPU: BENCHMARKS.md); not with --tolerance, --compile "
+                        "or --bn-recompute")
     e.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default on the CPU: the idle cores this process may use, "
                         "shared among the ranks of a node)")
@@ -257,7 +261,8 @@ def build_job(args: argparse.Namespace) -> SurfaceJob:
         allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
         bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn,
         compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
-        cuda_fuse=args.cuda_fuse, cudnn_benchmark=args.cudnn_benchmark, threads=args.threads,
+        cuda_fuse=args.cuda_fuse, cudnn_benchmark=args.cudnn_benchmark, points_per_launch=args.points_per_launch,
+        threads=args.threads,
         shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
         sampling=sampling_plan(args),
     )
@@ -268,6 +273,9 @@ def plugin_job(args: argparse.Namespace) -> PluginJob | None:
     if not (args.model_def or args.data_def or args.loss_def or args.metric_def or args.stream
             or args.memory_budget is not None):
         return None
+    if args.points_per_launch > 1:
+        raise LandscapeError("--points-per-launch is for the built-in models and data held on the device; with "
+                             "plug-ins or --stream use --points-per-pass")
     return PluginJob(model_def=args.model_def, model_kwargs=parse_kwargs(args.model_kwargs), data_def=args.data_def,
                      loss_def=args.loss_def, metric_defs=tuple(args.metric_def) if args.metric_def else None,
                      stream=True if args.stream else None, points_per_pass=args.points_per_pass,

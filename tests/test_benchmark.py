@@ -34,13 +34,14 @@ def test_benchmark_rejects_an_unknown_mode(capsys) -> None:
     assert "unknown mode 'fp64'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", sorted(set(benchmark.MODES) - set(benchmark.PER_LAUNCH)))
+@pytest.mark.parametrize("mode", sorted(benchmark.MODES))
 def test_each_mode_has_the_surface_flags_that_reproduce_it(mode) -> None:
     """scripts/gpu_check.sh runs the surface with the fastest mode's `surface_flags`: parsed by
     plot_surface.py they must give a job with the mode's engine options."""
     import plot_surface
 
-    opts = benchmark.MODES[mode]
-    job = plot_surface.build_job(plot_surface.parse_args(["--ckpt", "m.pt", *benchmark.surface_flags(opts)]))
-    assert (job.precision, job.fold_bn, job.compile, job.compile_mode, job.cuda_fuse, job.cudnn_benchmark) == (
-        opts.precision, opts.fold_bn, opts.compile, opts.compile_mode, opts.cuda_fuse, opts.cudnn_benchmark)
+    opts, k = benchmark.MODES[mode], benchmark.PER_LAUNCH.get(mode, 1)
+    job = plot_surface.build_job(plot_surface.parse_args(["--ckpt", "m.pt", *benchmark.surface_flags(opts, k)]))
+    assert (job.precision, job.fold_bn, job.compile, job.compile_mode, job.cuda_fuse, job.cudnn_benchmark,
+            job.points_per_launch) == (opts.precision, opts.fold_bn, opts.compile, opts.compile_mode, opts.cuda_fuse,
+                                       opts.cudnn_benchmark, k)

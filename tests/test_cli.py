@@ -235,3 +235,36 @@ def test_each_run_records_its_points_and_seconds(plot_surface, tmp_path: Path, c
     with h5py.File(next(tmp_path.glob("*x-1_1_5.h5"))) as h:
         runs = json.loads(h.attrs["runs"])
     assert [r["points"] for r in runs] == [2, 3] and all(r["seconds"] > 0 and r["ranks"] == 1 for r in runs)
+
+
+def test_points_per_launch_gives_the_one_point_surface_and_resumes(plot_surface, tmp_path: Path) -> None:
+    """--points-per-launch 3 on a 5x3 grid with --n-samples (loss, accuracy, SE, n): the values of
+    the one-point loop (1e-6 relative; accuracy and n equal); stopped after 4 points and resumed,
+    the same surface as uninterrupted."""
+    grid = ["--x=-1:1:5", "--y=-1:1:3", *SMALL]
+    plot_surface.main([*grid, "--out", str(tmp_path / "one")])
+    plot_surface.main([*grid, "--out", str(tmp_path / "three"), "--points-per-launch", "3"])
+    plot_surface.main([*grid, "--out", str(tmp_path / "resumed"), "--points-per-launch", "3", "--max-points", "4"])
+    part = read_surface(next((tmp_path / "resumed").glob("*y-1_1_3.h5")))
+    assert int(part.done.sum()) == 4
+    plot_surface.main([*grid, "--out", str(tmp_path / "resumed"), "--points-per-launch", "3"])
+    one, three, resumed = (read_surface(next((tmp_path / d).glob("*y-1_1_3.h5"))) for d in ("one", "three", "resumed"))
+    assert three.done.all() and resumed.done.all()
+    for name in ("train_loss", "train_loss_se"):
+        np.testing.assert_allclose(three.metrics[name], one.metrics[name], rtol=1e-6)
+    for name in ("train_acc", "train_n"):
+        np.testing.assert_array_equal(three.metrics[name], one.metrics[name])
+    for name in three.metrics:
+        np.testing.assert_array_equal(resumed.metrics[name], three.metrics[name])
+    assert json.loads(three.attrs["engine"])["points_per_launch"] == 3
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--points-per-launch", "0"], "--points-per-launch must be >= 1, got 0"),
+    (["--points-per-launch", "2", "--tolerance", "0.5"], "--points-per-launch does not combine with --tolerance"),
+    (["--points-per-launch", "2", "--compile"], "--points-per-launch does not combine with --compile"),
+    (["--points-per-launch", "2", "--stream"], "--points-per-launch is for the built-in models"),
+])
+def test_points_per_launch_bad_combinations(plot_surface, capsys, tmp_path: Path, flags, expected) -> None:
+    line = run_error(plot_surface, capsys, ["--x=-1:1:3", "--out", str(tmp_path), *flags, *SMALL])
+    assert expected in line
