@@ -12,6 +12,7 @@ over `compute_surface` here; both give the same file for the same settings.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -24,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from landscape import surface as _surface
-from landscape.adaptive import SampledMeasure, SamplingPlan, sample_order, stratify_sets
+from landscape.adaptive import SampledBlockMeasure, SampledMeasure, SamplingPlan, sample_order, stratify_sets
 from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
@@ -33,6 +34,7 @@ from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions
                                 cross_entropy, input_layout, prepare_engine, use_channels_last)
 from landscape.grid import Axis, Grid
 from landscape.multilevel import MultilevelMeasure
+from landscape.multipoint import MultiPointEvaluator
 from landscape.storage import Surface
 from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch
 
@@ -178,6 +180,7 @@ def compute_surface(
     compile_mode: str | None = None,
     cuda_fuse: bool = False,
     cudnn_benchmark: bool = False,
+    points_per_launch: int = 1,
     stream: bool | None = None,
     points_per_pass: int = DEFAULT_POINTS_PER_PASS,
     memory_budget: int | None = None,
@@ -208,6 +211,8 @@ def compute_surface(
             The directions go next to it, `<out stem>_dirs.h5`.
         batch_size, device, precision, fold_bn, compile, compile_mode, cuda_fuse, cudnn_benchmark:
             the evaluation engine (`landscape.evaluate.EngineOptions`), as the command line's flags.
+        points_per_launch: K > 1 evaluates K points in each forward pass over resident data
+            (`landscape.multipoint`; not with compile or a sampling tolerance).
         stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
             batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
             than `memory_budget` bytes or is a DataLoader/iterable).
@@ -242,14 +247,24 @@ def compute_surface(
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     engine = EngineOptions(precision, fold_bn and has_bn, compile or compile_mode is not None, batch_size,
                            cuda_fuse=cuda_fuse, cudnn_benchmark=cudnn_benchmark, compile_mode=compile_mode)
+    if points_per_launch < 1:
+        raise LandscapeError(f"points_per_launch must be >= 1, got {points_per_launch}")
+    multi = points_per_launch > 1
+    if multi and (engine.compile or (sampling is not None and sampling.tolerance is not None)
+                  or any(p.mode != "resident" for p in prepared.values())):
+        raise LandscapeError("points_per_launch > 1 needs resident data and no compile or sampling tolerance")
+    # K points per launch vmap the float32 model the setter moves (bf16/fp16 by autocast), unfused
+    prep = dataclasses.replace(engine, precision="fp32", fuse=False) if multi else engine
     eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                              [dirs.x, dirs.y][:grid.ndim], engine)
+                                              [dirs.x, dirs.y][:grid.ndim], prep)
     if notes is not None and has_bn:
         notes += more  # whether BatchNorm was folded
     if sampling is not None:
         prepared = {s: _in_sample_order(s, p, sampling) for s, p in prepared.items()}
     measures: dict[str, Any] = {
-        s: (Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics)
+        s: (MultiPointEvaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics,
+                                points_per_launch) if multi
+            else Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics)
             if p.mode == "resident"
             else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass, nhwc))
         for s, p in prepared.items()}
@@ -258,7 +273,8 @@ def compute_surface(
             if batch_size is None:  # a point grows in whole batches: none larger than the first chunk
                 ev.batch_size = min(ev.batch_size, sampling.n0)
         orders = stratify_sets(measures, setter, sampling, group, notes) if sampling.strata else None
-        measures = {s: (MultilevelMeasure(ev, sampling, grid) if sampling.multilevel else SampledMeasure(ev, sampling))
+        measures = {s: (MultilevelMeasure(ev, sampling, grid) if sampling.multilevel
+                        else SampledBlockMeasure(ev, sampling) if multi else SampledMeasure(ev, sampling))
                     for s, ev in measures.items()}
 
     tmp = None

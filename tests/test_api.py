@@ -142,3 +142,18 @@ def test_api_sampling_equals_the_cli_and_refuses_streamed_data(plot_surface, dig
     with pytest.raises(LandscapeError, match="sampling needs the train data resident"):
         ll.compute_surface(model, loader, x=ll.Axis(-1, 1, 3), y=None, progress=False,
                            sampling=ll.SamplingPlan(tolerance=0.4))
+
+
+def test_points_per_launch_gives_the_one_point_surface(digits_ckpt: Path, tmp_path: Path) -> None:
+    """compute_surface(points_per_launch=3): the values of the one-point loop (1e-6 relative,
+    accuracy equal); with resident data only."""
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    d = load_dataset("digits", "train", n_samples=48, seed=0)
+    data = (DEFAULT_NORMALIZATION["digits"].apply(d.x), d.y)
+    kw = dict(metrics={"acc": ll.metrics.accuracy}, x=ll.Axis(-1, 1, 4), y=ll.Axis(-1, 1, 2), progress=False)
+    one = ll.compute_surface(model, data, out=tmp_path / "one.h5", **kw)
+    three = ll.compute_surface(model, data, out=tmp_path / "three.h5", points_per_launch=3, **kw)
+    np.testing.assert_allclose(three.metrics["train_loss"], one.metrics["train_loss"], rtol=1e-6)
+    np.testing.assert_array_equal(three.metrics["train_acc"], one.metrics["train_acc"])
+    with pytest.raises(LandscapeError, match="points_per_launch > 1 needs resident data"):
+        ll.compute_surface(model, data, out=tmp_path / "c.h5", points_per_launch=3, compile=True, **kw)
