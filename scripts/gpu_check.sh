@@ -3,7 +3,8 @@
 # device command):
 #   1. the CUDA tests (CPU vs CUDA agreement of the loop and of Hessian-vector products)
 #   2. the benchmark on CUDA: plain eager vs our modes, ratios and errors -> $out/bench*.json
-#      (K points per launch on the small cases too: digits' 1,437 images leave the GPU idle)
+#      (K points per launch and CUDA graphs on the small cases too: a point of digits' 1,437
+#      images is a few milliseconds, where launches count)
 #   3. the full 51x51 ResNet-56 surface over the 50,000-image CIFAR-10 train set (akamaster
 #      checkpoint) in bf16, timed, in the bf16 mode the benchmark found fastest on ResNet-56
 #      (eager or compiled, with or without cuDNN fusion / benchmark mode; its `surface_flags`).
@@ -40,7 +41,8 @@ python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_hessian
 
 echo "== 2. benchmark"
 python3 scripts/benchmark.py --device "$device" --case digits-resnet56 --case cifar-resnet20 \
-    --modes fp32,tf32,bf16,bf16-cudafuse,fp32-vmap4,bf16-vmap4,bf16-vmap8 "${bench[@]}" --json "$out/bench_small.json"
+    --modes fp32,tf32,bf16,bf16-cudafuse,fp32-vmap4,bf16-vmap4,bf16-vmap8,compile-bf16-cudagraphs "${bench[@]}" \
+    --json "$out/bench_small.json"
 bf16_modes=bf16,bf16-cudafuse,bf16-cudnnbench,bf16-cudafuse-cudnnbench,compile-bf16,compile-bf16-cudnnbench,bf16-vmap4,bf16-vmap8
 [ "${AUTOTUNE:-0}" = 1 ] && bf16_modes="$bf16_modes,compile-bf16-autotune,compile-bf16-cudagraphs"
 python3 scripts/benchmark.py --device "$device" --case cifar-resnet56 --modes "fp32,tf32,$bf16_modes" \
