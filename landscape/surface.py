@@ -5,6 +5,7 @@ The only module that ties the evaluator (models, data) to storage (files).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -15,7 +16,6 @@ import tempfile
 import threading
 import time
 import traceback
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -465,7 +465,8 @@ def _check_job(job: SurfaceJob) -> None:
         raise LandscapeError(f"--points-per-launch must be >= 1, got {job.points_per_launch}")
     if job.points_per_launch > 1:
         clash = [flag for flag, on in (("--tolerance", job.sampling is not None and job.sampling.tolerance is not None),
-                                       ("--compile", job.compile), ("--bn-recompute", job.bn_recompute)) if on]
+                                       ("--compile", job.compile), ("--bn-recompute", job.bn_recompute),
+                                       ("--cuda-fuse", job.cuda_fuse)) if on]
         if clash:
             raise LandscapeError(f"--points-per-launch does not combine with {clash[0]}; drop one of them")
     if not job.flush_seconds >= 0:

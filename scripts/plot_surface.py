@@ -169,8 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(values may differ in the last bits between runs)")
     e.add_argument("--points-per-launch", type=int, default=1, metavar="K",
                    help="evaluate K grid points in each forward pass (vmap over their stacked weights), for data "
-                        "that do not fill a GPU (slower on the CPU: BENCHMARKS.md); not with --tolerance, --compile "
-                        "or --bn-recompute")
+                        "that do not fill a GPU (slower on the CPU: BENCHMARKS.md); not with --tolerance, --compile, "
+                        "--cuda-fuse or --bn-recompute")
     e.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default on the CPU: the idle cores this process may use, "
                         "shared among the ranks of a node)")
