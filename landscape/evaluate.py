@@ -329,12 +329,20 @@ class CudnnBenchmark(nn.Module):
         self.inner = inner
 
     def forward(self, *args, **kwargs):
-        old = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
+        with cudnn_benchmark_mode():
             return self.inner(*args, **kwargs)
-        finally:
-            torch.backends.cudnn.benchmark = old
+
+
+@contextlib.contextmanager
+def cudnn_benchmark_mode(on: bool = True):
+    """Inside the block, torch.backends.cudnn.benchmark is `on`; the process's setting comes back
+    afterwards (also after an exception)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 def map_tensors(fn, obj: Any) -> Any:

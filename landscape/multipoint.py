@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import (LossFn, Measures, PointSetter, Evaluator, _unwrapped, batch_sums, cross_entropy,
-                                eval_mode)
+from landscape.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
+                                cross_entropy, cudnn_benchmark_mode, eval_mode)
 
 
 class MultiPointEvaluator(Evaluator):
@@ -45,6 +45,7 @@ class MultiPointEvaluator(Evaluator):
             self.batch_size = max(1, self.batch_size // points_per_pass)
         self.points_per_pass = points_per_pass
         self._inner = _unwrapped(model)
+        self._benchmark = isinstance(model, CudnnBenchmark)  # keep its mode around the vmapped passes
         self._run = torch.func.vmap(lambda params, xb: torch.func.functional_call(self._inner, params, (xb,)),
                                     in_dims=(0, None))
 
@@ -82,7 +83,8 @@ class MultiPointEvaluator(Evaluator):
         k_all, n = len(points), len(self.x)
         total = torch.zeros(k_all, len(self._fns), 2, dtype=torch.float64, device=self.x.device)
         self._inner.eval()
-        with eval_mode(self.x.device, self.precision), warnings.catch_warnings():
+        benchmark = self._benchmark or torch.backends.cudnn.benchmark
+        with eval_mode(self.x.device, self.precision), cudnn_benchmark_mode(benchmark), warnings.catch_warnings():
             # torch has no batching rule for the in-place view adaptive pooling takes in channels_last
             # and loops over the K points there; the pooling is a sliver of the work
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "

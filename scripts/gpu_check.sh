@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All GPU checks in one go, on a CUDA machine, within TOTAL_SECONDS (default 560: one 10-minute
 # device command):
-#   1. the CUDA tests (CPU vs CUDA agreement of the loop and of Hessian-vector products)
+#   1. the CUDA tests (CPU vs CUDA agreement of the loop and of Hessian-vector products; cuDNN
+#      fusion and K points per launch against the plain loop on CUDA)
 #   2. the benchmark on CUDA: plain eager vs our modes, ratios and errors -> $out/bench*.json
 #      (K points per launch and CUDA graphs on the small cases too: a point of digits' 1,437
 #      images is a few milliseconds, where launches count)
@@ -37,7 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
 echo "== 1. CUDA tests"
-python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_hessian.py -k cuda
+python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_multipoint.py tests/test_hessian.py -k cuda
 
 echo "== 2. benchmark"
 python3 scripts/benchmark.py --device "$device" --case digits-resnet56 --case cifar-resnet20 \

@@ -79,3 +79,36 @@ def test_the_setter_must_move_the_evaluated_model():
         MultiPointEvaluator(model, x, y).block(setter, POINTS)
     with pytest.raises(LandscapeError, match="--points-per-launch must be >= 1"):
         MultiPointEvaluator(model, x, y, points_per_pass=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cudnn_benchmark", [False, True])
+def test_cuda_k_points_per_launch_equal_one_point_at_a_time(cudnn_benchmark):
+    """On CUDA (3x32x32, channels_last as a surface job runs it), K points per launch give the
+    one-point loop's values: fp32 with TF32 off to 1e-5, bf16 within its rounding; in cuDNN's
+    benchmark mode too, and the process's benchmark setting is left as it was."""
+    from landscape.evaluate import input_layout, use_channels_last
+
+    model = bn_model("resnet20", in_channels=3).cuda()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (64,), generator=g).cuda()
+    x = input_layout(x, use_channels_last(model, x))
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    opts = EngineOptions(fuse=False, cudnn_benchmark=cudnn_benchmark)
+    eval_model, setter, _ = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
+                                           [dirs.x, dirs.y], opts)
+    points = POINTS + MORE
+    before = torch.backends.cudnn.benchmark
+    for precision, rel in (("fp32", 1e-5), ("bf16", 2e-2)):
+        one = Evaluator(eval_model, x, y, batch_size=32, precision=precision)
+        ref = []
+        for p in points:
+            setter.set(p)
+            ref.append(one())
+        setter.restore()
+        got = MultiPointEvaluator(eval_model, x, y, batch_size=32, precision=precision, points_per_pass=3).block(
+            setter, points)
+        for (lr, _), (lg, _) in zip(ref, got):
+            assert lg == pytest.approx(lr, rel=rel)
+    assert torch.backends.cudnn.benchmark == before
