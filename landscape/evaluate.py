@@ -13,7 +13,7 @@ import ctypes
 import ctypes.util
 import itertools
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -389,6 +389,19 @@ def _floating_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(k, t) for k, t in _unwrapped(model).state_dict(keep_vars=True).items() if t.is_floating_point()]
 
 
+def retry_halving_batch(owner: Any, fn: Callable[[], Any]) -> Any:
+    """fn(), called again with `owner.batch_size` halved after each CUDA out-of-memory error (the
+    error itself once the batch size is 1)."""
+    while True:
+        try:
+            return fn()
+        except torch.cuda.OutOfMemoryError:
+            if owner.batch_size == 1:
+                raise
+            owner.batch_size = max(1, owner.batch_size // 2)
+            torch.cuda.empty_cache()
+
+
 class Evaluator:
     """Mean loss and metrics (accuracy by default) of a model over one resident data set.
 
@@ -428,14 +441,7 @@ class Evaluator:
 
         On a CUDA out-of-memory error the batch size is halved and the point evaluated again.
         """
-        while True:
-            try:
-                return self._evaluate()
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                torch.cuda.empty_cache()
+        return retry_halving_batch(self, self._evaluate)
 
     def _evaluate(self) -> tuple[float, ...]:
         n = len(self.x)

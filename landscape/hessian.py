@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.directions import IGNORES, Directions, random_direction
 from landscape.errors import LandscapeError
-from landscape.evaluate import LossFn, cross_entropy, tf32_mode
+from landscape.evaluate import LossFn, cross_entropy, retry_halving_batch, tf32_mode
 
 Vector = list[torch.Tensor]
 
@@ -157,15 +157,7 @@ class HessianOperator:
         start = time.perf_counter()
         self.model.eval()
         with torch.enable_grad(), tf32_mode(self.device, allow=False):
-            while True:
-                try:
-                    out = self._product(v)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    if self.batch_size == 1:
-                        raise
-                    self.batch_size = max(1, self.batch_size // 2)
-                    torch.cuda.empty_cache()
+            out = retry_halving_batch(self, lambda: self._product(v))
         self.count += 1
         self.seconds += time.perf_counter() - start
         return [t.detach() for t in out]

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from landscape.errors import LandscapeError
 from landscape.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
-                                cross_entropy, cudnn_benchmark_mode, eval_mode)
+                                cross_entropy, cudnn_benchmark_mode, eval_mode, retry_halving_batch)
 
 
 class MultiPointEvaluator(Evaluator):
@@ -105,13 +105,5 @@ class MultiPointEvaluator(Evaluator):
         out-of-memory error the batch size is halved and the block evaluated again."""
         if not len(points):
             return []
-        while True:
-            try:
-                sums = self.block_sums(setter, points)
-                break
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                torch.cuda.empty_cache()
+        sums = retry_halving_batch(self, lambda: self.block_sums(setter, points))
         return (sums[:, :, 0] / len(self.x)).tolist()

@@ -543,3 +543,24 @@ def test_keep_freed_memory_stops_refaulting_freed_activations(tmp_path):
     assert returned == "True"
     assert before > pages // 2  # the buffers returned to the kernel are faulted in every round
     assert after < pages // 20
+
+
+def test_out_of_memory_halves_the_batch_and_retries():
+    """The CUDA out-of-memory back-off shared by the evaluators and Hessian products: the batch
+    size halves until the work fits, and at batch size 1 the error is raised."""
+    from types import SimpleNamespace
+
+    from landscape.evaluate import retry_halving_batch
+
+    owner, tried = SimpleNamespace(batch_size=8), []
+
+    def work():
+        tried.append(owner.batch_size)
+        if owner.batch_size > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    assert retry_halving_batch(owner, work) == "done" and tried == [8, 4, 2] and owner.batch_size == 2
+    owner.batch_size, tried = 1, []
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        retry_halving_batch(owner, lambda: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("still")))
