@@ -13,6 +13,24 @@ from test_engine import POINTS, bn_model, data
 MORE = [(0.1, 0.1), (0.0, -0.4)]  # five points: two passes of three
 
 
+def folded(model, **opts):
+    """(the folded, unfused copy of `model` that K points per launch evaluate, its setter, notes)."""
+    tensors = target_tensors(model, "weights")
+    dirs = make_directions(tensors, DirectionSpec(), seed=0)
+    return prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors], [dirs.x, dirs.y],
+                          EngineOptions(fuse=False, **opts))
+
+
+def one_at_a_time(setter, evaluator, points):
+    """The one-point loop's values at each point (the setter left at theta0)."""
+    out = []
+    for p in points:
+        setter.set(p)
+        out.append(evaluator())
+    setter.restore()
+    return out
+
+
 @pytest.mark.parametrize("name", ["resnet20", "resnet20_b", "vgg9"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_k_points_per_launch_equal_one_point_at_a_time(name, precision):
@@ -22,18 +40,11 @@ def test_k_points_per_launch_equal_one_point_at_a_time(name, precision):
     rounding), whatever the order; the model's tensors are not touched."""
     model = bn_model(name)
     x, y = data(40)
-    tensors = target_tensors(model, "weights")
-    dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    eval_model, setter, notes = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                               [dirs.x, dirs.y], EngineOptions(fuse=False))
+    eval_model, setter, notes = folded(model)
     assert notes[0].startswith("folded")
     points = POINTS + MORE
     one = Evaluator(eval_model, x, y, batch_size=16, precision=precision)
-    ref = []
-    for p in points:
-        setter.set(p)
-        ref.append(one())
-    setter.restore()
+    ref = one_at_a_time(setter, one, points)
     before = [t.clone() for t in setter.live]
     multi = MultiPointEvaluator(eval_model, x, y, batch_size=16, precision=precision, points_per_pass=3)
     got = multi.block(setter, points)
@@ -53,28 +64,19 @@ def test_other_losses_and_metrics_per_point():
     """The loss and metrics are the Evaluator's: MSE on softmax outputs plus a custom metric."""
     model = bn_model()
     x, y = data(24)
-    tensors = target_tensors(model, "weights")
-    dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    eval_model, setter, _ = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors], [dirs.x, dirs.y],
-                                           EngineOptions(fuse=False))
+    eval_model, setter, _ = folded(model)
     metrics = {"top_logit": lambda out, t: out.max(dim=1).values}
     one = Evaluator(eval_model, x, y, get_loss("mse"), batch_size=8, metrics=metrics)
     multi = MultiPointEvaluator(eval_model, x, y, get_loss("mse"), batch_size=8, metrics=metrics, points_per_pass=2)
     assert multi.metric_names == one.metric_names == ("loss", "top_logit")
-    got = multi.block(setter, POINTS)
-    for p, row in zip(POINTS, got):
-        setter.set(p)
-        assert row == pytest.approx(list(one()), rel=1e-5)
-    setter.restore()
+    for row, ref in zip(multi.block(setter, POINTS), one_at_a_time(setter, one, POINTS)):
+        assert row == pytest.approx(list(ref), rel=1e-5)
 
 
 def test_the_setter_must_move_the_evaluated_model():
     model = bn_model()
     x, y = data(8)
-    tensors = target_tensors(model, "weights")
-    dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    _, setter, _ = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors], [dirs.x, dirs.y],
-                                  EngineOptions(fuse=False))  # moves the folded copy, not `model`
+    _, setter, _ = folded(model)  # moves the folded copy, not `model`
     with pytest.raises(LandscapeError, match="not tensors of the evaluated model"):
         MultiPointEvaluator(model, x, y).block(setter, POINTS)
     with pytest.raises(LandscapeError, match="--points-per-launch must be >= 1"):
@@ -93,20 +95,11 @@ def test_cuda_k_points_per_launch_equal_one_point_at_a_time(cudnn_benchmark):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (64,), generator=g).cuda()
     x = input_layout(x, use_channels_last(model, x))
-    tensors = target_tensors(model, "weights")
-    dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    opts = EngineOptions(fuse=False, cudnn_benchmark=cudnn_benchmark)
-    eval_model, setter, _ = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                           [dirs.x, dirs.y], opts)
+    eval_model, setter, _ = folded(model, cudnn_benchmark=cudnn_benchmark)
     points = POINTS + MORE
     before = torch.backends.cudnn.benchmark
     for precision, rel in (("fp32", 1e-5), ("bf16", 2e-2)):
-        one = Evaluator(eval_model, x, y, batch_size=32, precision=precision)
-        ref = []
-        for p in points:
-            setter.set(p)
-            ref.append(one())
-        setter.restore()
+        ref = one_at_a_time(setter, Evaluator(eval_model, x, y, batch_size=32, precision=precision), points)
         got = MultiPointEvaluator(eval_model, x, y, batch_size=32, precision=precision, points_per_pass=3).block(
             setter, points)
         for (lr, _), (lg, _) in zip(ref, got):
