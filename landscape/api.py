@@ -12,7 +12,6 @@ over `compute_surface` here; both give the same file for the same settings.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import tempfile
@@ -34,7 +33,7 @@ from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions
                                 cross_entropy, input_layout, prepare_engine, use_channels_last)
 from landscape.grid import Axis, Grid
 from landscape.multilevel import MultilevelMeasure
-from landscape.multipoint import MultiPointEvaluator
+from landscape.multipoint import MultiPointEvaluator, engine_options
 from landscape.storage import Surface
 from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch
 
@@ -253,10 +252,8 @@ def compute_surface(
     if multi and (engine.compile or (sampling is not None and sampling.tolerance is not None)
                   or any(p.mode != "resident" for p in prepared.values())):
         raise LandscapeError("points_per_launch > 1 needs resident data and no compile or sampling tolerance")
-    # K points per launch vmap the float32 model the setter moves (bf16/fp16 by autocast), unfused
-    prep = dataclasses.replace(engine, precision="fp32", fuse=False) if multi else engine
     eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                              [dirs.x, dirs.y][:grid.ndim], prep)
+                                              [dirs.x, dirs.y][:grid.ndim], engine_options(engine, points_per_launch))
     if notes is not None and has_bn:
         notes += more  # whether BatchNorm was folded
     if sampling is not None:

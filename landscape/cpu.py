@@ -7,8 +7,8 @@ keeps busy. The last is the costly one: OpenMP threads wait for each other at ev
 so a thread that shares its core with another process stalls all of them. Measured on this
 project's 2-core machine (`scripts/benchmark.py --case cifar-resnet20 --busy 1 --threads ...`,
 BENCHMARKS.md): with one core kept busy by another process our fp32 loop ran at 1,027
-image-forwards/s with one thread and 669 with two (0.65x; 0.36x in an earlier stand-alone
-measurement); with both cores idle, 984 with one and 1,841 with two.
+image-forwards/s with one thread and 669 with two (0.65x); with both cores idle, 984 with one
+and 1,841 with two.
 
 So the default is: the cores this process may use (its affinity mask, capped by a cgroup quota),
 shared among the ranks of its node, and no more than are idle now (measured from /proc/stat over

@@ -14,6 +14,7 @@ fill the device (a small data set on a GPU). It is opt-in (`--points-per-launch 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Sequence
 
@@ -21,8 +22,15 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
+from landscape.evaluate import (CudnnBenchmark, EngineOptions, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
                                 cross_entropy, cudnn_benchmark_mode, eval_mode, retry_halving_batch)
+
+
+def engine_options(options: EngineOptions, points_per_launch: int) -> EngineOptions:
+    """What `prepare_engine` gets for `points_per_launch` points per launch: for K > 1 the float32
+    model the setter moves (bf16/fp16 then by autocast: a bf16 copy would not be the model the
+    setter moves), unfused (the fused oneDNN/cuDNN calls have no vmap rule); `options` for K = 1."""
+    return dataclasses.replace(options, precision="fp32", fuse=False) if points_per_launch > 1 else options
 
 
 class MultiPointEvaluator(Evaluator):

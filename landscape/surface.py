@@ -5,7 +5,6 @@ The only module that ties the evaluator (models, data) to storage (files).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -28,7 +27,7 @@ import landscape
 from landscape.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
                                 stratify_sets)
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
-from landscape.multipoint import MultiPointEvaluator
+from landscape.multipoint import MultiPointEvaluator, engine_options
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
@@ -614,10 +613,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
                                cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
                                compile_mode=job.compile_mode)
         per_launch = job.points_per_launch
-        # K points per launch vmap the float32 model the setter moves (bf16/fp16 by autocast), unfused
-        prep = dataclasses.replace(engine, precision="fp32", fuse=False) if per_launch > 1 else engine
         eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                                  [dirs.x, *ys], prep)
+                                                  [dirs.x, *ys], engine_options(engine, per_launch))
         notes += more
         loss_fn = get_loss(job.loss)
         if per_launch > 1:

@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import platform
 import resource
 import shlex
@@ -44,7 +43,7 @@ from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, keep_freed_memory,  # noqa: E402
                                 prepare_engine, use_channels_last)
 from landscape.models import get_model  # noqa: E402
-from landscape.multipoint import MultiPointEvaluator  # noqa: E402
+from landscape.multipoint import MultiPointEvaluator, engine_options  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,9 +242,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         opts = dataclasses.replace(opts, batch_size=batch_size)
         setter = None
         try:  # a mode that fails to build or run is reported, and the others still measured
-            # K points per launch: the float32 folded model, bf16 by autocast (no bf16 copy to keep in step)
-            prep = dataclasses.replace(opts, precision="fp32") if mode in PER_LAUNCH else opts
-            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y], prep)
+            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y],
+                                                       engine_options(opts, PER_LAUNCH.get(mode, 1)))
             if mode in PER_LAUNCH:
                 multi = MultiPointEvaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision,
                                             points_per_pass=PER_LAUNCH[mode])
@@ -490,20 +488,19 @@ def main(argv=None) -> None:
         raise LandscapeError(f"--threads must be an integer >= 1 or auto, got {args.threads!r}")
     if args.busy < 0:
         raise LandscapeError(f"--busy must be >= 0, got {args.busy}")
+    requested = None if args.threads in (None, "auto") else int(args.threads)  # None: torch's, or auto
     if args.plain_child:  # the reference code's process: glibc's defaults
-        if args.threads not in (None, "auto"):
-            torch.set_num_threads(int(args.threads))
+        if requested:
+            set_threads(requested, device)
         plain_child(args.plain_child, device, args.n_samples, args.points)
         return
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         if busy:
             time.sleep(0.5)  # running before the threads are chosen
-        if args.threads == "auto":
-            note = set_threads(None, device) if "OMP_NUM_THREADS" not in os.environ else "OMP_NUM_THREADS is set"
+        if args.threads is not None:
+            note = set_threads(requested, device)
             print(f"threads: {torch.get_num_threads()}" + (f" ({note})" if note else ""), file=sys.stderr)
-        elif args.threads is not None:
-            torch.set_num_threads(int(args.threads))
         _measure(args, argv, modes, device)
     finally:
         for b in busy:
