@@ -425,6 +425,7 @@ class SampledBlockMeasure(SampledMeasure):
             raise ValueError("K points per launch evaluate every point on the whole set: no tolerance")
         super().__init__(evaluator, plan, population)
         self.points_per_pass = evaluator.points_per_pass
+        self.aligned = getattr(evaluator, "aligned", False)
 
     def block(self, setter, points) -> list[list[float]]:
         size = len(self.evaluator)

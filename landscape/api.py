@@ -12,7 +12,10 @@ over `compute_surface` here; both give the same file for the same settings.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,13 +32,15 @@ from landscape.directions import (Direction, Directions, DirectionSpec, load_dir
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
 from landscape.errors import LandscapeError
-from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, EngineOptions, Evaluator, LossFn, check_metrics,
-                                cross_entropy, input_layout, prepare_engine, use_channels_last)
+from landscape.engine import EngineOptions, prepare_engine
+from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, Evaluator, LossFn, check_metrics, cross_entropy,
+                                default_batch_size, input_layout)
+from landscape.hardware import resolve_precision
 from landscape.grid import Axis, Grid
 from landscape.multilevel import MultilevelMeasure
-from landscape.multipoint import MultiPointEvaluator, engine_options
+from landscape.multipoint import MultiPointEvaluator
 from landscape.storage import Surface
-from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch
+from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch, to_device
 
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes: data sets larger than this are streamed, not kept on the device
 
@@ -192,6 +197,7 @@ def compute_surface(
     notes: list[str] | None = None,
     group: Group | None = None,
     sampling: SamplingPlan | None = None,
+    engine: EngineOptions | None = None,
 ) -> Surface | None:
     """The loss surface of `model` around its current weights on `data`; written to `out` (and resumed
     from it: a rerun with the same settings computes only the points that are missing).
@@ -212,6 +218,11 @@ def compute_surface(
             the evaluation engine (`landscape.evaluate.EngineOptions`), as the command line's flags.
         points_per_launch: K > 1 evaluates K points in each forward pass over resident data
             (`landscape.multipoint`; not with compile or a sampling tolerance).
+        engine: all of the engine's settings at once (`landscape.engine.EngineOptions`, also
+            fusion, prepacking and channels_last), instead of the separate arguments above.
+            Every fast path is proven exact or not taken (see `landscape.engine`); `precision`
+            "auto" is bf16 where the hardware runs it natively, else fp32, and bf16 where it
+            would be emulated is refused (`landscape.hardware`).
         stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
             batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
             than `memory_budget` bytes or is a DataLoader/iterable).
@@ -233,35 +244,40 @@ def compute_surface(
     grid = Grid(x, y)
     spec = DirectionSpec(dir_type, norm, ignore)
     device = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
+    engine_opts = _engine_options(engine, precision=precision, fold_bn=fold_bn, compile=compile or compile_mode is not None,
+                                  batch_size=batch_size, cuda_fuse=cuda_fuse, cudnn_benchmark=cudnn_benchmark,
+                                  compile_mode=compile_mode, points_per_launch=points_per_launch)
+    precision = resolve_precision(engine_opts.precision, device)
+    engine_opts = dataclasses.replace(engine_opts, precision=precision)
+    batch_size = engine_opts.batch_size
     model.to(device)
     sources = dict(data) if isinstance(data, Mapping) else {split: data}  # split name -> data
     prepared = {s: prepare_data(d, device, batch_size, stream, memory_budget, num_workers) for s, d in sources.items()}
-    # channels_last (4-D weights and resident images) before the direction tensors are taken:
-    # the conversion replaces parameter storage; the weights' values do not change
-    probe = _probe_inputs(prepared)
-    nhwc = probe is not None and use_channels_last(model, probe[:1].to(device))
+    multi = engine_opts.points_per_launch > 1
+    if multi and ((sampling is not None and sampling.tolerance is not None)
+                  or any(p.mode != "resident" for p in prepared.values())):
+        raise LandscapeError("points_per_launch > 1 needs resident data and no sampling tolerance")
+    was_training = model.training
+    model.eval()
     tensors = target_tensors(model, dir_type)
     dirs = _directions(model, directions, grid.ndim, seed, spec)
-
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    engine = EngineOptions(precision, fold_bn and has_bn, compile or compile_mode is not None, batch_size,
-                           cuda_fuse=cuda_fuse, cudnn_benchmark=cudnn_benchmark, compile_mode=compile_mode)
-    if points_per_launch < 1:
-        raise LandscapeError(f"points_per_launch must be >= 1, got {points_per_launch}")
-    multi = points_per_launch > 1
-    if multi and (engine.compile or (sampling is not None and sampling.tolerance is not None)
-                  or any(p.mode != "resident" for p in prepared.values())):
-        raise LandscapeError("points_per_launch > 1 needs resident data and no compile or sampling tolerance")
-    eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                              [dirs.x, dirs.y][:grid.ndim], engine_options(engine, points_per_launch))
-    if notes is not None and has_bn:
-        notes += more  # whether BatchNorm was folded
+    try:
+        engine = prepare_engine(model, dir_type, [dirs.x, dirs.y][:grid.ndim], engine_opts,
+                                example=_example(model, prepared, engine_opts), check_points=grid.corners())
+    except BaseException:
+        model.train(was_training)
+        raise
+    eval_model, setter, nhwc = engine.model, engine.setter, engine.report.channels_last
+    if notes is not None:
+        notes += engine.report.notes()
     if sampling is not None:
         prepared = {s: _in_sample_order(s, p, sampling) for s, p in prepared.items()}
     measures: dict[str, Any] = {
-        s: (MultiPointEvaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics,
-                                points_per_launch) if multi
-            else Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, engine.batch_size, precision, metrics)
+        s: (MultiPointEvaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, batch_size, precision, metrics,
+                                engine_opts.points_per_launch) if multi
+            else Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss,
+                           batch_size or (default_batch_size(model, p.x, precision) if len(p.x) else None),
+                           precision, metrics)
             if p.mode == "resident"
             else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass, nhwc))
         for s, p in prepared.items()}
@@ -296,9 +312,8 @@ def compute_surface(
              "evaluation": {s: p.mode for s, p in prepared.items()}, "directions": dirs.attrs, "device": str(device),
              "points_per_pass": max(m.points_per_pass if isinstance(m, StreamEvaluator) else 1
                                     for m in measures.values())}
+    attrs["engine"] = engine.report.attrs()
     group = group or Group()
-    was_training = model.training
-    model.eval()
     try:
         error = None
         if group.is_main:  # every rank has the same directions (one seed); rank 0 alone writes files
@@ -320,18 +335,35 @@ def compute_surface(
     return surf
 
 
-def _probe_inputs(prepared: Mapping[str, PreparedData]) -> torch.Tensor | None:
-    """Input tensors to choose the memory order from: the first resident set, else the first
-    batch of the first streamed source (None when the inputs are not tensors)."""
+def _engine_options(engine: EngineOptions | None, **given: Any) -> EngineOptions:
+    """`engine` when given (then the separate engine arguments must keep their defaults), else the
+    options the separate arguments name."""
+    if engine is None:
+        return EngineOptions(**given)
+    if not isinstance(engine, EngineOptions):
+        raise LandscapeError(f"engine must be a landscape.engine.EngineOptions, got {type(engine).__name__}")
+    defaults = {k: v.default for k, v in inspect.signature(compute_surface).parameters.items() if k in given}
+    changed = [k for k, v in given.items() if v != defaults[k] and not (k == "compile" and v == engine.compile)]
+    if changed:
+        raise LandscapeError(f"pass the engine's settings either as engine=EngineOptions(...) or as separate "
+                             f"arguments, not both (got engine and {changed[0]})")
+    return engine
+
+
+def _example(model: nn.Module, prepared: Mapping[str, PreparedData], options: EngineOptions) -> Any:
+    """A batch of inputs for the engine to choose its layout, prove its rewrites and check them on:
+    the first batch of the first resident set (as the evaluator will cut it), else the first batch
+    of the first streamed source, on the model's device."""
     for p in prepared.values():
-        if p.mode == "resident" and isinstance(p.x, torch.Tensor):
-            return p.x
+        if p.mode == "resident" and isinstance(p.x, torch.Tensor) and len(p.x):
+            size = options.batch_size or default_batch_size(model, p.x, options.precision)
+            return p.x[:size]
     for p in prepared.values():
         if p.mode == "stream":
             check_deterministic(p.batches)  # a one-shot iterator must not lose a batch to this peek
             for batch in p.batches:
-                inputs = split_batch(batch)[0]
-                return inputs if isinstance(inputs, torch.Tensor) else None
+                device = next(itertools.chain(model.parameters(), model.buffers()), torch.zeros(())).device
+                return to_device(split_batch(batch)[0], device)
     return None
 
 

@@ -3,26 +3,52 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
-from typing import Callable
+from typing import Callable, Mapping
 
 
 class LandscapeError(Exception):
     """A problem with the user's input (files, flags, data) that the user can fix.
 
-    Scripts print it as one line and exit with status 2, without a traceback.
+    Scripts print it as one line and exit with status 2, without a traceback. A library error
+    about one argument names it (`argument`, e.g. "precision"); a script's `exit_on_error` names
+    the command-line flag instead ("--precision").
     """
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
+
+
+# arguments whose flag is not "--" + the name with dashes
+FLAGS: dict[str, str] = {"loss": "--loss_name", "dir_type": "--dir_type", "norm": "--xnorm", "ignore": "--xignore"}
+
+
+def flag_of(argument: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag of a library argument: `flags`, then FLAGS, else --name-with-dashes."""
+    table = {**FLAGS, **(flags or {})}
+    return table.get(argument, "--" + argument.replace("_", "-"))
+
+
+def as_flags(e: LandscapeError, flags: Mapping[str, str] | None = None) -> str:
+    """The error's message with its argument's name (its first whole-word occurrence) as the flag."""
+    text = str(e)
+    if e.argument is None:
+        return text
+    return re.sub(rf"(?<![-\w]){re.escape(e.argument)}\b", flag_of(e.argument, flags), text, count=1)
 
 
 def exit_on_error(main: Callable[..., object]) -> Callable[..., object]:
-    """Wrap a script's main: a LandscapeError becomes `error: ...` on stderr and exit 2."""
+    """Wrap a script's main: a LandscapeError becomes `error: ...` on stderr (library argument names
+    given as flags) and exit 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except LandscapeError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {as_flags(e)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

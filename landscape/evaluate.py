@@ -12,16 +12,13 @@ import copy
 import ctypes
 import ctypes.util
 import itertools
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.fx
 import torch.nn as nn
 
 from landscape import losses as _losses
 from landscape.errors import LandscapeError
-from landscape.fold import fold_batchnorm, fuse_conv_activation
 from landscape.metrics import accuracy
 
 # precision -> autocast dtype (None: no autocast). tf32 is fp32 storage with TF32 tensor-core
@@ -178,53 +175,33 @@ def check_metrics(metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
 
 def batch_sums(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str],
                means: set[str] | None = None) -> torch.Tensor:
-    """(len(fns), 2) float64: per function, the sum and the sum of squares of its per-sample values.
-
-    Values of shape (n, ...) are averaged over the trailing dimensions to one per sample; a 0-dim
-    value is a batch mean and counts as n samples of that value (its sum of squares then ignores
-    the spread inside the batch); its name is added to `means`.
-    """
+    """(len(fns), 2) float64: per function, the sum and the sum of squares of its per-sample values
+    (`losses.per_sample`: trailing dimensions averaged per sample; a 0-dim batch mean counts as n
+    samples of that value, its sum of squares then ignoring the spread inside the batch, and its
+    name is added to `means`)."""
     rows = []
     for fn, name in zip(fns, names):
-        v = fn(output, target)
-        if not isinstance(v, torch.Tensor):
-            v = torch.as_tensor(v, dtype=torch.float64)
-        if not v.is_floating_point():
-            v = v.double()
-        if v.dim() == 0:
+        v, is_mean = _losses.per_sample(fn(output, target), n, name)
+        if is_mean:
             if means is not None:
                 means.add(name)
-            v = v.double()
-            rows.append(torch.stack([v * n, v.square() * n]))
-            continue
-        if v.shape[0] != n:
-            raise LandscapeError(f"{name} gave values of shape {tuple(v.shape)} for a batch of {n} samples; "
-                                 f"return one value per sample, shape ({n}, ...), or a 0-dim mean")
-        if v.dim() > 1:
-            v = v.double().reshape(n, -1).mean(dim=1)
-        rows.append(torch.stack([v.sum(dtype=torch.float64), v.double().square().sum()]))
+            m = v[0].double()
+            rows.append(torch.stack([m * n, m.square() * n]))
+        else:
+            rows.append(torch.stack([v.sum(dtype=torch.float64), v.double().square().sum()]))
     return torch.stack(rows)
 
 
 def batch_values(output: Any, target: Any, n: int, fns: Sequence[LossFn], names: Sequence[str],
                  means: set[str] | None = None) -> torch.Tensor:
-    """(len(fns), n) float64: per function, its per-sample values (trailing dimensions averaged;
-    a 0-dim batch mean repeated n times, its name added to `means`)."""
+    """(len(fns), n) float64: per function, its per-sample values (`losses.per_sample`; a 0-dim
+    batch mean repeated n times, its name added to `means`)."""
     rows = []
     for fn, name in zip(fns, names):
-        v = fn(output, target)
-        if not isinstance(v, torch.Tensor):
-            v = torch.as_tensor(v, dtype=torch.float64)
-        v = v.double()
-        if v.dim() == 0:
-            if means is not None:
-                means.add(name)
-            rows.append(v.expand(n))
-            continue
-        if v.shape[0] != n:
-            raise LandscapeError(f"{name} gave values of shape {tuple(v.shape)} for a batch of {n} samples; "
-                                 f"return one value per sample, shape ({n}, ...), or a 0-dim mean")
-        rows.append(v.reshape(n, -1).mean(dim=1) if v.dim() > 1 else v)
+        v, is_mean = _losses.per_sample(fn(output, target), n, name)
+        if is_mean and means is not None:
+            means.add(name)
+        rows.append(v.double())
     return torch.stack(rows)
 
 
@@ -488,89 +465,3 @@ class Evaluator:
         if not out:
             return torch.zeros(len(self._fns), 0, dtype=torch.float64, device=self.x.device)
         return torch.cat(out, dim=1)
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How the hot loop runs; none of these change the surface beyond float rounding, except precision."""
-
-    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (autocast; the loss is always summed in fp64)
-    fold_bn: bool = True  # fold BatchNorm into the preceding layer where that is exact
-    compile: bool = False  # torch.compile the evaluation model (pays off from ~100 points)
-    batch_size: int | None = None
-    fuse: bool = True  # eager on CPU: a folded model's conv + ReLU (+ residual) as one oneDNN call
-    prepack: bool = True  # with fuse: the fused calls' weights reordered for oneDNN once per point
-    # on CUDA, opt-in until scripts/gpu_check.sh shows they pay (BENCHMARKS.md):
-    cuda_fuse: bool = False  # eager: a folded model's conv + ReLU (+ residual) as one cuDNN call
-    cudnn_benchmark: bool = False  # cuDNN times its algorithms per batch shape (`CudnnBenchmark`)
-    compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile_mode is not None:
-            import torch._inductor
-
-            modes = list(torch._inductor.list_mode_options())
-            if self.compile_mode not in modes:
-                raise LandscapeError(f"--compile-mode must be one of {', '.join(modes)}, got {self.compile_mode!r}")
-            if not self.compile:
-                raise LandscapeError(f"compile_mode {self.compile_mode!r} without compile: set compile=True too")
-
-
-def prepare_engine(model: nn.Module, names: Sequence[str], tensors: Sequence[torch.Tensor],
-                   directions: Sequence[Sequence[torch.Tensor]], options: EngineOptions,
-                   ) -> tuple[nn.Module, PointSetter, list[str]]:
-    """The model to evaluate and the setter that moves it, per `options`.
-
-    With `fold_bn`, a folded copy of the model is evaluated (the original stays untouched);
-    when folding is not exact (BN tensors move) or not possible, the model itself is used.
-    In bf16, a model whose only tensor-holding layers are convolutions and linear layers (after
-    folding) is evaluated as a `LowPrecisionModel` with bf16 weights, moved by a `CastPointSetter`;
-    others run under autocast. With `fuse`, a folded model run eagerly on the CPU in fp32 (or in
-    bf16 as a `LowPrecisionModel`) has its convolutions and the ReLU (and residual addition) after
-    them fused into one oneDNN call each (`fold.fuse_conv_activation`), with `prepack` their weights
-    reordered into oneDNN's layout once per point instead of once per batch; under `compile` inductor
-    does its own fusion (and on this CPU was slower with these calls in the graph: BENCHMARKS.md).
-    Returns (eval_model, setter, notes).
-    """
-    notes = []
-    eval_model, setter = model, None
-    if options.fold_bn:
-        folded, why = fold_batchnorm(model, names, directions)
-        if folded is not None:
-            eval_model, setter = folded.model, PointSetter(folded.tensors, folded.directions)
-            notes.append(f"folded {folded.n_folded} BatchNorm layers into the preceding layers")
-        else:
-            notes.append(f"BatchNorm not folded: {why}")
-    if setter is None:
-        setter = PointSetter(tensors, directions)
-    low_precision = PRECISIONS[options.precision] is torch.bfloat16 and stores_in_low_precision(eval_model)
-    device = _device_of(eval_model).type
-    if options.fuse and not options.compile and isinstance(eval_model, torch.fx.GraphModule):
-        fused = 0
-        if device == "cpu" and (options.precision == "fp32"
-                                or (low_precision and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
-            fused = fuse_conv_activation(eval_model, pack=options.prepack)
-        elif device == "cuda" and options.cuda_fuse and (options.precision in ("fp32", "tf32") or low_precision):
-            fused = fuse_conv_activation(eval_model, device_type="cuda")
-        if fused:
-            notes.append(f"fused {fused} convolutions with the ReLU (and residual addition) after them"
-                         + (" (cuDNN)" if device == "cuda" else ""))
-    if options.cuda_fuse and device != "cuda":
-        notes.append(f"cuDNN fusion asked for; it has no effect on {device}")
-    if low_precision:
-        low = LowPrecisionModel(eval_model, torch.bfloat16)
-        setter = CastPointSetter(setter, eval_model, low.inner)
-        eval_model = low
-        notes.append("bf16: weights stored in bf16, run without autocast")
-    if options.compile:
-        mode = None if options.compile_mode in (None, "default") else options.compile_mode
-        eval_model = torch.compile(eval_model, mode=mode)
-    if options.cudnn_benchmark:
-        if device == "cuda":
-            eval_model = CudnnBenchmark(eval_model)
-            notes.append("cuDNN benchmark mode: the fastest convolution algorithms per batch shape")
-        else:
-            notes.append(f"cuDNN benchmark mode asked for; it has no effect on {device}")
-    return eval_model, setter, notes

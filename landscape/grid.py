@@ -79,3 +79,9 @@ class Grid:
             return self.x.coords()[:, None]
         xx, yy = np.meshgrid(self.x.coords(), self.y.coords())  # (ny, nx) each
         return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+    def corners(self) -> list[tuple[float, ...]]:
+        """The grid's first and last points (opposite corners of a 2-D grid, the ends of a 1-D one):
+        where the engine is checked against plain evaluation, with the center."""
+        pts = self.points()
+        return [tuple(float(c) for c in pts[0]), tuple(float(c) for c in pts[-1])]

@@ -6,7 +6,9 @@ A vector is a list of tensors shaped like the selected parameters (PyHessian's s
 the helpers below return new tensors). Lanczos keeps its basis as flat vectors, one row of
 `dim` numbers per step, on the model's device.
 
-The Hessian is that of the *mean* loss over the whole data set, at the model's current weights,
+The Hessian is that of the *mean* loss over the whole data set, with the surface's loss convention
+(`landscape.losses.per_sample`: per-sample values; a 0-dim batch mean weighted by its batch size;
+trailing dimensions averaged per sample), at the model's current weights,
 in eval mode (BatchNorm uses its running statistics), with respect to the parameters that the
 directions move: with `ignore="biasbn"` the tensors with more than one dimension. (The reference
 code differentiates the sum of per-batch mean losses, which scales with the number of batches.)
@@ -28,6 +30,7 @@ from torch.func import functional_call, grad, jvp
 from landscape.directions import IGNORES, Directions, random_direction
 from landscape.errors import LandscapeError
 from landscape.evaluate import LossFn, cross_entropy, retry_halving_batch, tf32_mode
+from landscape.losses import per_sample
 
 Vector = list[torch.Tensor]
 
@@ -201,10 +204,13 @@ class HessianOperator:
             yield self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
 
     def _batch_loss(self, ps: Sequence[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """This batch's share of the mean loss: sum of its per-sample losses / N."""
+        """This batch's share of the mean loss: the sum of its per-sample losses / N, per the surface's
+        convention (`losses.per_sample`: a 0-dim batch mean counts for the batch's samples, trailing
+        dimensions are averaged per sample), so the Hessian is that of the surface's loss."""
         frozen = {n: p.detach() for n, p in self.model.named_parameters()}  # no graph through the others
         out = functional_call(self.model, {**frozen, **dict(zip(self.names, ps))}, (xb,))
-        return self.loss_fn(out, yb).sum() / len(self.x)
+        values, _ = per_sample(self.loss_fn(out, yb), len(xb))
+        return values.sum() / len(self.x)
 
     def _hvp_func(self, v: Vector) -> Vector:
         primals = tuple(p.detach() for p in self.params)

@@ -38,6 +38,27 @@ def squared_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out - target).pow(2).reshape(len(out), -1).mean(dim=1)
 
 
+def per_sample(values: Any, n: int, name: str = "loss") -> tuple[torch.Tensor, bool]:
+    """The one loss convention of surfaces and curvature: a callable's values for a batch of `n`
+    samples as (n,) per-sample values, and whether they came as a batch mean.
+
+    Values of shape (n, ...) are averaged over the trailing dimensions (tokens, pixels) to one
+    per sample; a 0-dim value is the batch's mean and stands for n samples of that value, so a
+    mean over batches of different sizes weights each by its size. Differentiable; per-sample
+    values keep their dtype, averages over trailing dimensions are taken in float64 (integers and
+    booleans become float64).
+    """
+    v = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64)
+    if not v.is_floating_point():
+        v = v.double()
+    if v.dim() == 0:
+        return v.expand(n), True
+    if v.shape[0] != n:
+        raise LandscapeError(f"{name} gave values of shape {tuple(v.shape)} for a batch of {n} samples; "
+                             f"return one value per sample, shape ({n}, ...), or a 0-dim mean")
+    return (v.double().reshape(n, -1).mean(dim=1) if v.dim() > 1 else v), False
+
+
 # the names --loss accepts on the command line
 LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": softmax_mse}
 

@@ -14,7 +14,6 @@ fill the device (a small data set on a GPU). It is opt-in (`--points-per-launch 
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any, Sequence
 
@@ -22,15 +21,59 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import (CudnnBenchmark, EngineOptions, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
+from landscape.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
                                 cross_entropy, cudnn_benchmark_mode, eval_mode, retry_halving_batch)
 
+_NO_BATCHING_RULE = "There is a performance drop because we have not yet implemented the batching rule"
 
-def engine_options(options: EngineOptions, points_per_launch: int) -> EngineOptions:
-    """What `prepare_engine` gets for `points_per_launch` points per launch: for K > 1 the float32
-    model the setter moves (bf16/fp16 then by autocast: a bf16 copy would not be the model the
-    setter moves), unfused (the fused oneDNN/cuDNN calls have no vmap rule); `options` for K = 1."""
-    return dataclasses.replace(options, precision="fp32", fuse=False) if points_per_launch > 1 else options
+
+def moving_names(model: nn.Module, setter: PointSetter) -> list[str]:
+    """The model's names of the tensors `setter` moves (matched by storage)."""
+    by_storage = {t.data_ptr(): name for name, t in _unwrapped(model).state_dict(keep_vars=True).items()}
+    missing = sum(t.data_ptr() not in by_storage for t in setter.live)
+    if missing:
+        raise LandscapeError(f"{missing} tensors the setter moves are not tensors of the evaluated model; "
+                             "K points per launch needs the model the setter moves (no bf16 copy)")
+    return [by_storage[t.data_ptr()] for t in setter.live]
+
+
+def stacked(setter: PointSetter, names: Sequence[str], points: Sequence[Sequence[float]]) -> dict[str, torch.Tensor]:
+    """The moving tensors at each point, stacked: name -> (K, *shape); each computed as the setter
+    computes one point (theta0, then + c_i d_i for each nonzero c_i, in its dtype)."""
+    out = {}
+    for j, name in enumerate(names):
+        rows = []
+        for c in points:
+            t = setter.theta0[j].clone()
+            for ci, d in zip(c, setter.dirs):
+                if ci != 0:
+                    t.add_(d[j], alpha=float(ci))
+            rows.append(t)
+        out[name] = torch.stack(rows)
+    return out
+
+
+def vmapped(model: nn.Module):
+    """f(params, x) -> the outputs of `model` at K points for one input batch x: `params` maps the
+    moving tensors' names to (K, *shape) stacks; the outputs have a leading K dimension."""
+    inner = _unwrapped(model)
+    return torch.func.vmap(lambda params, xb: torch.func.functional_call(inner, params, (xb,)), in_dims=(0, None))
+
+
+def vmapped_outputs(model: nn.Module, setter: PointSetter, points: Sequence[Sequence[float]], x: torch.Tensor) -> list:
+    """The model's output at each of `points` for the input batch `x`, all in one vmapped pass (as
+    `MultiPointEvaluator` computes them); the model's own tensors are not touched."""
+    params = stacked(setter, moving_names(model, setter), points)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_BATCHING_RULE)
+        out = vmapped(model)(params, x)
+    return [at_point(out, k) for k in range(len(points))]
+
+
+def at_point(out: Any, k: int) -> Any:
+    """Point k's share of a vmapped output (each tensor's index k along the leading dimension, also
+    inside tuples, lists and dicts)."""
+    return torch.utils._pytree.tree_map(lambda t: t[k] if isinstance(t, torch.Tensor) else t, out)
 
 
 class MultiPointEvaluator(Evaluator):
@@ -52,42 +95,19 @@ class MultiPointEvaluator(Evaluator):
         if batch_size is None and x.device.type == "cpu":
             self.batch_size = max(1, self.batch_size // points_per_pass)
         self.points_per_pass = points_per_pass
+        # a point's values depend (in the last bits) on the points launched with it: the sweep gives
+        # this measure fixed groups of points (surface._passes), so resumed runs are bit for bit
+        self.aligned = True
         self._inner = _unwrapped(model)
         self._benchmark = isinstance(model, CudnnBenchmark)  # keep its mode around the vmapped passes
-        self._run = torch.func.vmap(lambda params, xb: torch.func.functional_call(self._inner, params, (xb,)),
-                                    in_dims=(0, None))
-
-    def _names(self, setter: PointSetter) -> list[str]:
-        """The model's names of the tensors `setter` moves (matched by storage)."""
-        by_storage = {t.data_ptr(): name for name, t in self._inner.state_dict(keep_vars=True).items()}
-        missing = sum(t.data_ptr() not in by_storage for t in setter.live)
-        if missing:
-            raise LandscapeError(f"{missing} tensors the setter moves are not tensors of the evaluated model; "
-                                 "K points per launch needs the model the setter moves (no bf16 copy)")
-        return [by_storage[t.data_ptr()] for t in setter.live]
-
-    @staticmethod
-    def stacked(setter: PointSetter, names: Sequence[str], points: Sequence[Sequence[float]]) -> dict[str, torch.Tensor]:
-        """The moving tensors at each point, stacked: name -> (K, *shape); each computed as the
-        setter computes one point (theta0, then + c_i d_i for each nonzero c_i, in its dtype)."""
-        out = {}
-        for j, name in enumerate(names):
-            rows = []
-            for c in points:
-                t = setter.theta0[j].clone()
-                for ci, d in zip(c, setter.dirs):
-                    if ci != 0:
-                        t.add_(d[j], alpha=float(ci))
-                rows.append(t)
-            out[name] = torch.stack(rows)
-        return out
+        self._run = vmapped(model)
 
     @torch.no_grad()
     def block_sums(self, setter: PointSetter, points: Sequence[Sequence[float]]) -> torch.Tensor:
         """(K, len(metric_names), 2) float64 on the data's device: per point, the sums and sums of
         squares of the per-sample values (as `Evaluator.sums`), all K points in each forward pass;
         in passes of `points_per_pass` points. The model's own tensors are not touched."""
-        names = self._names(setter)
+        names = moving_names(self._inner, setter)
         k_all, n = len(points), len(self.x)
         total = torch.zeros(k_all, len(self._fns), 2, dtype=torch.float64, device=self.x.device)
         self._inner.eval()
@@ -95,16 +115,15 @@ class MultiPointEvaluator(Evaluator):
         with eval_mode(self.x.device, self.precision), cudnn_benchmark_mode(benchmark), warnings.catch_warnings():
             # torch has no batching rule for the in-place view adaptive pooling takes in channels_last
             # and loops over the K points there; the pooling is a sliver of the work
-            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
-                                    "implemented the batching rule")
+            warnings.filterwarnings("ignore", message=_NO_BATCHING_RULE)
             for p0 in range(0, k_all, self.points_per_pass):
                 chunk = points[p0:p0 + self.points_per_pass]
-                params = self.stacked(setter, names, chunk)
+                params = stacked(setter, names, chunk)
                 for i in range(0, n, self.batch_size):
                     j = min(i + self.batch_size, n)
                     out = self._run(params, self.x[i:j])  # (K, batch, ...)
                     for k in range(len(chunk)):
-                        total[p0 + k] += batch_sums(out[k], self.y[i:j], j - i, self._fns, self.metric_names,
+                        total[p0 + k] += batch_sums(at_point(out, k), self.y[i:j], j - i, self._fns, self.metric_names,
                                                     self.batch_means)
         return total
 

@@ -5,6 +5,7 @@ The only module that ties the evaluator (models, data) to storage (files).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -27,15 +28,16 @@ import landscape
 from landscape.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
                                 stratify_sets)
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
-from landscape.multipoint import MultiPointEvaluator, engine_options
+from landscape.multipoint import MultiPointEvaluator
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
                                   make_directions, random_direction, save_directions, target_tensors)
 from landscape.errors import LandscapeError
-from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, get_loss, input_layout, prepare_engine,
-                                use_channels_last)
+from landscape.engine import EngineOptions, prepare_engine
+from landscape.evaluate import Evaluator, PointSetter, default_batch_size, get_loss, input_layout
+from landscape.hardware import resolve_precision
 from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
 from landscape.grid import Axis, Grid
 from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
@@ -144,29 +146,60 @@ class _Block:
     signum: int | None = None  # a stop was asked for by this signal
 
 
-def _run_block(indices: np.ndarray, points: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any],
-               stop: _StopOnSignal, bar: tqdm, per_pass: int = 1) -> tuple[_Block, BaseException | None]:
-    """Evaluate the points `indices` (until a stop or a failure), `per_pass` at a time; the
-    exception is kept for its rank (a failure is reported at the first point of its pass)."""
+Pass = tuple[np.ndarray, np.ndarray]  # (flat indices evaluated together, those of them to store)
+
+
+def _passes(share: np.ndarray, per_pass: int, units: np.ndarray | None = None) -> list[Pass]:
+    """The passes that evaluate the points `share` (in order): `per_pass` of them at a time, each
+    stored; or, for measures whose values depend on the points evaluated with them (K points in
+    one vmapped launch), whole `units` (the owned points in fixed groups of K, from `_units`), so a
+    point is always computed with the same companions and a resumed or distributed run is bit for bit
+    an uninterrupted one; points of a unit not in `share` are evaluated again but not stored."""
+    if units is None:
+        return [(share[i:i + per_pass], share[i:i + per_pass]) for i in range(0, len(share), per_pass)]
+    out, members = [], {}
+    for i in share:
+        members.setdefault(int(units[1][i]), []).append(int(i))
+    for u, keep in members.items():
+        out.append((units[0][u * per_pass:(u + 1) * per_pass], np.asarray(keep)))
+    return out
+
+
+def _units(owned: np.ndarray, per_pass: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the owned flat indices in order, each grid point's unit: its position among them // per_pass)."""
+    idx = np.flatnonzero(owned)
+    unit = np.full(len(owned), -1, dtype=np.int64)
+    unit[idx] = np.arange(len(idx)) // per_pass
+    return idx, unit
+
+
+def _run_block(passes: list[Pass], points: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any],
+               stop: _StopOnSignal, bar: tqdm) -> tuple[_Block, int, BaseException | None]:
+    """Evaluate the passes in turn (until a stop or a failure); returns the block of stored values,
+    the number of passes done, and the exception for its rank (a failure is reported at the first
+    point of its pass)."""
     t0 = time.perf_counter()
     block = _Block([], [], 0.0)
     error = None
-    for start in range(0, len(indices), per_pass):
+    done = 0
+    for evaluated, keep in passes:
         if stop.signum is not None:
             break
-        chunk = [int(i) for i in indices[start:start + per_pass]]
+        chunk = [int(i) for i in evaluated]
         try:
             rows = _evaluate_points(points[chunk], setter, evaluators)
         except BaseException as e:  # noqa: BLE001 - any failure ends the run; it is re-raised by its rank
-            error, block.failed_at = e, chunk[0]
+            error, block.failed_at = e, int(keep[0])
             block.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             break
-        block.idx += chunk
-        block.values += rows
-        bar.update(len(chunk))
+        row_of = dict(zip(chunk, rows))
+        block.idx += [int(i) for i in keep]
+        block.values += [row_of[int(i)] for i in keep]
+        bar.update(len(keep))
+        done += 1
     block.signum = stop.signum
     block.seconds = time.perf_counter() - t0
-    return block, error
+    return block, done, error
 
 
 def _evaluate_points(coords: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any]) -> list[list[float]]:
@@ -268,7 +301,16 @@ def compute_surface(
                 lock.release()
     group.agree(error)
     todo = group.broadcast(todo)
-    share = todo[group.rank::group.world_size]  # interleaved: neighbouring points go to different ranks
+    # a streaming measure evaluates `points_per_pass` points per pass over its data; a vmapped one
+    # (`aligned`) always the same groups of them
+    per_pass = max([getattr(ev, "points_per_pass", 1) for ev in evaluators.values()] + [1])
+    aligned = any(getattr(ev, "aligned", False) for ev in evaluators.values())
+    if aligned:
+        units = _units(owned, per_pass)
+        mine = units[1][todo] % group.world_size == group.rank  # interleaved units
+        passes = _passes(todo[mine], per_pass, units)
+    else:
+        passes = _passes(todo[group.rank::group.world_size], per_pass)  # neighbouring points to different ranks
 
     flat = {m: surf.metrics[m].reshape(-1) for m in metrics} if surf is not None else {}
     flat_done = surf.done.reshape(-1) if surf is not None else None  # views: writes land in surf
@@ -282,13 +324,11 @@ def compute_surface(
     lost: BaseException | None = None
     try:
         with _StopOnSignal() as stop:
-            # a streaming measure evaluates `points_per_pass` points per pass over its data
-            per_pass = max([getattr(ev, "points_per_pass", 1) for ev in evaluators.values()] + [1])
-            pos, k = 0, per_pass
+            pos, k = 0, 1  # passes done, passes in the next block
             while True:
-                block, own_error = _run_block(share[pos:pos + k], points, setter, evaluators, stop, bar, per_pass)
-                pos += len(block.idx)
-                block.left = len(share) - pos
+                block, done, own_error = _run_block(passes[pos:pos + k], points, setter, evaluators, stop, bar)
+                pos += done
+                block.left = sum(len(keep) for _, keep in passes[pos:])
                 try:
                     blocks = group.all_gather(block)
                 except RuntimeError as e:  # a rank died: keep what was gathered
@@ -314,7 +354,7 @@ def compute_surface(
                 if group.world_size > 1:  # next block: about flush_seconds of work on the slowest rank
                     per_point = max(b.seconds / max(1, len(b.idx)) for b in blocks)
                     fits = int(flush_seconds / per_point) if per_point > 0 else grid.size
-                    k = max(per_pass, min(fits, max(b.left for b in blocks)))
+                    k = max(1, min(fits, max(b.left for b in blocks)) // per_pass)
     finally:
         setter.restore()
         bar.close()
@@ -405,7 +445,7 @@ class SurfaceJob:
     progress: bool = True
     bn_recompute: bool = False  # re-estimate BN running statistics at every point (train split)
     bn_samples: int | None = None  # samples for that; None: --n-samples, else the whole split
-    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | auto (landscape.hardware)
     fold_bn: bool = True  # fold BatchNorm where exact
     compile: bool = False
     compile_mode: str | None = None  # torch.compile's mode (with compile)
@@ -528,6 +568,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         _check_job(job)
         check_normalization(job.normalization)
         device = local_device(group.info, device)
+        precision = resolve_precision(job.precision, device)  # "auto" and emulated low precision
         ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
         grid = Grid(job.x, job.y)
         out = Path(job.out)
@@ -583,10 +624,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             # the set a fixed subset's SE refers to: known only when the subset is the whole split
             populations[split] = (len(y) if job.sampling is None or job.sampling.tolerance is not None
                                   or job.n_samples is None or job.n_samples > len(y) else math.inf)
-        # channels_last before the direction tensors are taken: the conversion replaces parameter storage
-        nhwc = bool(splits) and use_channels_last(model, next(iter(splits.values()))[0])
-        if nhwc:
-            splits = {s: (input_layout(x, nhwc), y) for s, (x, y) in splits.items()}
+        model.eval()
         tensors = target_tensors(model, dir_type)
     except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
         error = e
@@ -609,43 +647,41 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
             dirs.check_against(tensors, where=f"direction file {dir_file}")
         ys = [dirs.y] if grid.ndim == 2 else []
         # folding bakes BN statistics into the weights: not with statistics re-estimated per point
-        engine = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
-                               cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
-                               compile_mode=job.compile_mode)
+        options = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
+                                cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
+                                compile_mode=job.compile_mode, points_per_launch=job.points_per_launch)
         per_launch = job.points_per_launch
-        eval_model, setter, more = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                                  [dirs.x, *ys], engine_options(engine, per_launch))
-        notes += more
+        first_x = next(iter(splits.values()))[0] if splits else None
+        example = None
+        if first_x is not None and len(first_x):
+            example = first_x[:options.batch_size or default_batch_size(model, first_x, precision)]
+        engine = prepare_engine(model, dir_type, [dirs.x, *ys], dataclasses.replace(options, precision=precision),
+                                example=example, check_points=grid.corners())
+        eval_model, setter, nhwc = engine.model, engine.setter, engine.report.channels_last
+        splits = {s: (engine.inputs(x), y) for s, (x, y) in splits.items()}
+        notes += engine.report.notes()
         loss_fn = get_loss(job.loss)
         if per_launch > 1:
-            notes.append(f"{per_launch} points per launch (vmap over their stacked weights)")
-            evaluators = {s: MultiPointEvaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision,
+            evaluators = {s: MultiPointEvaluator(eval_model, x, y, loss_fn, options.batch_size, precision,
                                                  points_per_pass=per_launch) for s, (x, y) in splits.items()}
         else:
-            evaluators = {s: Evaluator(eval_model, x, y, loss_fn, engine.batch_size, engine.precision)
-                          for s, (x, y) in splits.items()}
-        engine_attrs = {"precision": engine.precision, "fold_bn": any(n.startswith("folded") for n in more),
-                        "compile": engine.compile, "threads": torch.get_num_threads(),
-                        "channels_last": nhwc}
-        if engine.compile_mode is not None:
-            engine_attrs["compile_mode"] = engine.compile_mode
-        if per_launch > 1:
-            engine_attrs["points_per_launch"] = per_launch
-        if device.type == "cuda":
-            engine_attrs["cuda_fuse"] = any("(cuDNN)" in n for n in more)
-            engine_attrs["cudnn_benchmark"] = engine.cudnn_benchmark
-        if engine.precision != "fp32":
+            # the batch size from the model as given: hooks do not see the fused calls of the engine's
+            evaluators = {s: Evaluator(eval_model, x, y, loss_fn,
+                                       options.batch_size or (default_batch_size(model, x, precision) if len(x) else None),
+                                       precision) for s, (x, y) in splits.items()}
+        engine_attrs = engine.report.attrs()
+        if precision != "fp32":
             # the error of the reduced precision at the center, against exact fp32 on the original model
             first = next(iter(splits))
             probe = splits[first]
             if job.sampling is not None and job.sampling.tolerance is not None:
                 probe = tuple(t[:4096] for t in probe)  # a random subset: the set is in the common random order
-            exact = Evaluator(model, *probe, loss_fn, engine.batch_size)()[0]
+            exact = Evaluator(model, *probe, loss_fn, options.batch_size)()[0]
             setter.set([0.0] * len(setter.dirs))
-            low = Evaluator(eval_model, *probe, loss_fn, engine.batch_size, engine.precision)()[0]
+            low = Evaluator(eval_model, *probe, loss_fn, options.batch_size, precision)()[0]
             setter.restore()
             engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
-            notes.append(f"{engine.precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
+            notes.append(f"{precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
                          f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
         bn_samples = None
         if job.bn_recompute:
@@ -668,7 +704,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         "normalization": normalization.to_dict() if normalization else None,
         "directions_sha256": dirs.fingerprint(), "dir_type": dir_type,
         "x": job.x.spec(), "y": job.y.spec() if job.y is not None else None, "loss": job.loss,
-        "precision": engine.precision,
+        "precision": precision,
     }
     if bn_samples is not None:  # only when on, so files made before the option still resume
         settings["bn_recompute"] = {"samples": bn_samples}

@@ -40,10 +40,11 @@ from landscape.cpu import set_threads  # noqa: E402
 from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import (EngineOptions, Evaluator, PointSetter, input_layout, keep_freed_memory,  # noqa: E402
-                                prepare_engine, use_channels_last)
+from landscape.engine import EngineOptions, prepare_engine  # noqa: E402
+from landscape.evaluate import Evaluator, PointSetter, default_batch_size, keep_freed_memory  # noqa: E402
+from landscape.hardware import describe, device_info, resolve_precision  # noqa: E402
 from landscape.models import get_model  # noqa: E402
-from landscape.multipoint import MultiPointEvaluator, engine_options  # noqa: E402
+from landscape.multipoint import MultiPointEvaluator  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,10 +228,7 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
     # plain eager runs the model as given (NCHW); our loop runs a copy set up as a surface job
     # sets it up (channels_last where it applies), so the layout is part of what is measured
     ours = copy.deepcopy(model)
-    nhwc = use_channels_last(ours, x)
-    x_ours = input_layout(x, nhwc)
-    tensors = target_tensors(ours, "weights")
-    names = [k for k, _ in tensors]
+    nhwc = False
 
     ref = np.array(plain_points())  # the plain fp32 loss at every point
     engines, compile_s, batches, mode_notes, failed = {}, {}, {}, {}, {}
@@ -239,11 +237,16 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         if opts.precision == "fp16" and device.type != "cuda":
             print(f"skipping {mode}: fp16 is for CUDA", file=sys.stderr)
             continue
-        opts = dataclasses.replace(opts, batch_size=batch_size)
+        opts = dataclasses.replace(opts, batch_size=batch_size, points_per_launch=PER_LAUNCH.get(mode, 1))
         setter = None
-        try:  # a mode that fails to build or run is reported, and the others still measured
-            eval_model, setter, notes = prepare_engine(ours, names, [t for _, t in tensors], [dirs.x, dirs.y],
-                                                       engine_options(opts, PER_LAUNCH.get(mode, 1)))
+        try:  # a mode that fails to build or run (or is refused here) is reported, the others still measured
+            precision = resolve_precision(opts.precision, device)
+            bs = batch_size or default_batch_size(ours, x, precision)
+            engine = prepare_engine(ours, "weights", [dirs.x, dirs.y], opts, example=x[:bs],
+                                    check_points=[coords[0], coords[-1]])
+            eval_model, setter, notes = engine.model, engine.setter, engine.report.notes()
+            nhwc = nhwc or engine.report.channels_last
+            x_ours = engine.inputs(x)
             if mode in PER_LAUNCH:
                 multi = MultiPointEvaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision,
                                             points_per_pass=PER_LAUNCH[mode])
@@ -285,7 +288,8 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
             peaks[mode] = peak_mb(device)
     forwards = len(coords) * len(x)
     plain_ips = forwards / statistics.median(times["plain"])
-    result = {"case": case, "device": str(device), "threads": torch.get_num_threads(), "samples": len(x),
+    result = {"case": case, "device": str(device), "hardware": device_info(device),
+              "threads": torch.get_num_threads(), "samples": len(x),
               "points": len(coords), "repeats": repeats, "plain_ips": plain_ips, "channels_last": nhwc,
               "modes": {}, "failed": failed}
     if fold.CUDNN_FUSION_FAILED:  # the cudafuse modes ran these convolutions unfused
@@ -403,7 +407,7 @@ def run_stream(case: str, ks: list[int], points: int, repeats: int, device, n, b
 
 def stream_markdown(results: list[dict], command: str) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
-             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"{describe(device_info(results[0]['device']))}, torch {torch.__version__}, "
              f"{results[0]['threads']} threads, device {results[0]['device']}; streamed from a DataLoader "
              "(uint8 images decoded per item) vs the same samples resident on the device", "",
              "| case | samples × points | workers | one pass of loading s | resident s/pt | K | streamed s/pt | "
@@ -418,7 +422,7 @@ def stream_markdown(results: list[dict], command: str) -> str:
 
 def markdown(results: list[dict], command: str, kept: bool = False) -> str:
     lines = [f"### {dt.date.today().isoformat()}: `{command}`", "",
-             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"{describe(device_info(results[0]['device']))}, torch {torch.__version__}, "
              f"{results[0]['threads']} threads, device {results[0]['device']}, "
              f"{'freed memory kept (glibc)' if kept else 'the allocator as it is'}"
              + (f", {results[0]['busy_cores']} cores kept busy by other processes" if results[0].get("busy_cores")

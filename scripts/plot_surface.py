@@ -24,7 +24,8 @@ from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import LOSSES, PRECISIONS, keep_freed_memory  # noqa: E402
+from landscape.evaluate import LOSSES, keep_freed_memory  # noqa: E402
+from landscape.hardware import PRECISION_CHOICES  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
 from landscape.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
@@ -152,12 +153,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="data larger than this many MiB is streamed (default 1024)")
 
     e = p.add_argument_group("speed")
-    e.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
-                   help="fp32 (exact, default); tf32 (CUDA); bf16 or fp16 autocast: faster, the error at the "
-                        "center is measured and stored")
+    e.add_argument("--precision", default="fp32", choices=list(PRECISION_CHOICES),
+                   help="fp32 (exact, default); tf32 (CUDA); bf16 or fp16: faster where the hardware runs them "
+                        "natively (a CPU with avx512_bf16/amx_bf16, a GPU of compute capability 8.0+), the error at "
+                        "the center measured and stored; where they would be emulated (e.g. an AVX2-only CPU, "
+                        "15-18x slower than fp32) they are refused; auto: bf16 where native, else fp32")
     e.add_argument("--no-fold-bn", action="store_true",
-                   help="do not fold BatchNorm into the preceding layers (folding is exact and on by default "
-                        "whenever BN tensors do not move)")
+                   help="do not fold BatchNorm into the preceding layers (on by default where proven exact: a BN "
+                        "with running statistics, called once, right after a conv/linear layer whose output "
+                        "features it normalizes; the engine is also checked against plain evaluation at the grid's "
+                        "corners before the run)")
     e.add_argument("--compile", action="store_true", help="torch.compile the model (pays off above ~100 points)")
     e.add_argument("--compile-mode", default=None, metavar="MODE",
                    help="torch.compile's mode, e.g. max-autotune-no-cudagraphs (implies --compile)")

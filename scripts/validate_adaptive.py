@@ -194,7 +194,8 @@ def check_points(args: argparse.Namespace) -> dict:
     from landscape.checkpoint import build_model, load_checkpoint
     from landscape.data import load_dataset, resolve_normalization
     from landscape.directions import DirectionSpec, load_directions, make_directions, target_tensors
-    from landscape.evaluate import EngineOptions, cross_entropy, prepare_engine
+    from landscape.engine import EngineOptions, prepare_engine
+    from landscape.evaluate import cross_entropy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -209,9 +210,11 @@ def check_points(args: argparse.Namespace) -> dict:
     x, y = x[order], data.y[order]
     tensors = target_tensors(model, "weights")
     dirs = load_directions(args.dir_file) if args.dir_file else make_directions(tensors, DirectionSpec(), args.seed, 2)
-    eval_model, setter, _ = prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors],
-                                           [dirs.x, dirs.y], EngineOptions(args.precision))
     grid = Grid(Axis.parse(args.x, "x"), Axis.parse(args.y, "y"))
+    engine = prepare_engine(model, "weights", [dirs.x, dirs.y], EngineOptions(args.precision),
+                            example=x[:args.batch_size or 256], check_points=grid.corners())
+    eval_model, setter = engine.model, engine.setter
+    x = engine.inputs(x)
     pts = grid.points()
     rng = np.random.default_rng(args.point_seed)
     center = int(np.argmin(np.abs(pts).sum(axis=1)))

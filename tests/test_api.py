@@ -155,5 +155,5 @@ def test_points_per_launch_gives_the_one_point_surface(digits_ckpt: Path, tmp_pa
     three = ll.compute_surface(model, data, out=tmp_path / "three.h5", points_per_launch=3, **kw)
     np.testing.assert_allclose(three.metrics["train_loss"], one.metrics["train_loss"], rtol=1e-6)
     np.testing.assert_array_equal(three.metrics["train_acc"], one.metrics["train_acc"])
-    with pytest.raises(LandscapeError, match="points_per_launch > 1 needs resident data"):
+    with pytest.raises(LandscapeError, match="points_per_launch > 1 does not combine with compile"):
         ll.compute_surface(model, data, out=tmp_path / "c.h5", points_per_launch=3, compile=True, **kw)

@@ -8,9 +8,13 @@ import torch
 import torch.fx
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
-from landscape.evaluate import EngineOptions, Evaluator, input_layout, prepare_engine, use_channels_last
+from landscape.engine import EngineOptions, prepare_engine
+from landscape.evaluate import Evaluator, input_layout, use_channels_last
 from landscape.errors import LandscapeError
 from landscape.fold import fold_batchnorm
+from landscape.hardware import is_native
+
+NATIVE_BF16 = is_native("bf16", "cpu")
 from landscape.models import get_model
 
 POINTS = [(0.0, 0.0), (0.3, -0.7), (-1.0, 0.5)]
@@ -34,16 +38,21 @@ def data(n=48, seed=1):
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+def engine_for(model, dirs, opts, x):
+    """`prepare_engine` for directions made by make_directions (their dir_type) and inputs x."""
+    return prepare_engine(model, dirs.attrs.get("dir_type", "weights"), [dirs.x, dirs.y], opts, example=x,
+                          check_points=POINTS[1:])
+
+
 def losses(model, tensors, dirs, opts, x, y):
-    names = [n for n, _ in tensors]
-    eval_model, setter, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], opts)
-    ev = Evaluator(eval_model, x, y, batch_size=opts.batch_size, precision=opts.precision)
+    engine = engine_for(model, dirs, opts, x)
+    ev = Evaluator(engine.model, engine.inputs(x), y, batch_size=opts.batch_size, precision=engine.precision)
     out = []
     for p in POINTS:
-        setter.set(p)
+        engine.setter.set(p)
         out.append(ev())
-    setter.restore()
-    return out, notes
+    engine.setter.restore()
+    return out, engine.report.notes()
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet20_b", "vgg9"])
@@ -76,12 +85,13 @@ def test_folding_is_refused_when_bn_moves():
     model = bn_model()
     tensors = target_tensors(model, "weights")
     dirs = make_directions(tensors, DirectionSpec(ignore="none"), seed=0)  # BN gamma/beta move
-    folded, why = fold_batchnorm(model, [n for n, _ in tensors], [dirs.x, dirs.y])
-    assert folded is None and "BatchNorm tensors move" in why
     x, y = data()
+    folded = fold_batchnorm(model, [n for n, _ in tensors], [dirs.x, dirs.y], x[:2])
+    assert folded.model is None and folded.kept
+    assert all(why == "its tensors move along the directions" for _, why in folded.kept)
     plain, _ = losses(model, tensors, dirs, EngineOptions(fold_bn=False), x, y)
     fallback, notes = losses(model, tensors, dirs, EngineOptions(fold_bn=True), x, y)
-    assert "not folded" in notes[0]
+    assert any(n.startswith("BatchNorm not folded: bn1 (its tensors move") for n in notes)
     assert fallback == plain  # the same code path: bit for bit
 
 
@@ -102,8 +112,8 @@ def test_untraceable_model_falls_back():
     model = Dynamic().eval()
     tensors = target_tensors(model, "weights")
     dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    folded, why = fold_batchnorm(model, [n for n, _ in tensors], [dirs.x, dirs.y])
-    assert folded is None and "torch.fx" in why
+    folded = fold_batchnorm(model, [n for n, _ in tensors], [dirs.x, dirs.y], torch.randn(2, 1, 8, 8))
+    assert folded.model is None and "could not be captured (torch.fx: TraceError; torch.export" in folded.capture
 
 
 @pytest.mark.parametrize("name,expected", [("resnet20", 19), ("resnet20_b", 19), ("resnet20_noshort", 19),
@@ -131,6 +141,12 @@ def test_fused_convolutions_compute_what_the_folded_model_computes(name, expecte
     unpacked, _ = losses(model, tensors, dirs, EngineOptions(prepack=False), x, y)
     for (lf, af), (lp, ap) in zip(fused, unpacked):
         assert lp == pytest.approx(lf, rel=1e-6) and ap == af
+    compiled = engine_for(model, dirs, EngineOptions(compile=True, check=False), x)
+    assert not compiled.report.fused  # inductor fuses on its own
+    if not NATIVE_BF16:  # no bf16 kernels worth running: refused, nothing more to compare
+        with pytest.raises(LandscapeError, match="precision bf16 is not native on this CPU"):
+            losses(model, tensors, dirs, EngineOptions(precision="bf16"), x, y)
+        return
     low_unfused, _ = losses(model, tensors, dirs, EngineOptions(precision="bf16", fuse=False), x, y)
     low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16"), x, y)
     assert any(n.startswith("fused") for n in notes)
@@ -139,14 +155,18 @@ def test_fused_convolutions_compute_what_the_folded_model_computes(name, expecte
     low_unpacked, _ = losses(model, tensors, dirs, EngineOptions(precision="bf16", prepack=False), x, y)
     for (lu, _), (lp, _) in zip(low_unfused, low_unpacked):  # bf16: other blocking, other rounding
         assert lp == pytest.approx(lu, rel=2e-2)
-    names = [n for n, _ in tensors]
-    _, _, notes = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y], EngineOptions(compile=True))
-    assert not any(n.startswith("fused") for n in notes)  # inductor fuses on its own
 
 
 def test_fusion_leaves_other_patterns_alone():
-    """Only a convolution whose one user is a ReLU, or an addition followed by a ReLU, is fused."""
-    from landscape.fold import conv_add_relu, fuse_conv_activation
+    """Only a convolution whose one user is a ReLU, or an addition of a tensor of its own shape
+    followed by a ReLU, is fused; not a broadcasting addition, not `other += conv(x)` (which
+    writes `other`), not a subclass of Conv2d or a hooked one."""
+    from landscape.fold import conv_add_relu, fuse_conv_activation, propagate_shapes
+
+    class Standardized(torch.nn.Conv2d):  # weight standardization: its forward is not Conv2d's
+        def forward(self, x):
+            w = (self.weight - self.weight.mean()) / (self.weight.std() + 1e-5)
+            return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -154,21 +174,34 @@ def test_fusion_leaves_other_patterns_alone():
             self.a = torch.nn.Conv2d(2, 2, 3, padding=1)
             self.b = torch.nn.Conv2d(2, 2, 3, padding="same")
             self.c = torch.nn.Conv2d(2, 2, 1)
+            self.d = torch.nn.Conv2d(2, 2, 1)
+            self.e = torch.nn.Conv2d(2, 2, 1)
+            self.s = Standardized(2, 2, 1)
+            self.hooked = torch.nn.Conv2d(2, 2, 1)
+            self.hooked.register_forward_hook(lambda m, i, o: o * 2)
+            self.bias = torch.nn.Parameter(torch.randn(1, 2, 1, 1))
 
         def forward(self, x):
             h = self.a(x)
             k = torch.relu(h) + h  # two users: not fused
             g = torch.sigmoid(self.c(k))  # not a ReLU
-            return torch.relu(self.b(g)) + torch.relu(self.c(g) + g)  # 'same' padding: not fused; c + add + ReLU: fused
+            broadcast = torch.relu(self.d(g) + self.bias)  # a (1, 2, 1, 1) addition: not fused
+            other = g * 1.0
+            other += self.e(g)  # writes `other`, which is used again below: not fused
+            written = torch.relu(other)
+            s = torch.relu(self.s(g)) + torch.relu(self.hooked(g))  # a subclass, a hook: not fused
+            # 'same' padding: not fused; c + add + ReLU: fused
+            return torch.relu(self.b(g)) + torch.relu(self.c(g) + g) + broadcast + written + other + s
 
     net = Net().eval()
-    gm = torch.fx.symbolic_trace(net)
     x = torch.randn(3, 2, 5, 5)
+    gm = propagate_shapes(net, x)
     assert fuse_conv_activation(gm) == 1
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
     assert conv_add_relu in targets
     with torch.no_grad():
         torch.testing.assert_close(gm(x), net(x), rtol=1e-6, atol=1e-6)
+    assert fuse_conv_activation(torch.fx.symbolic_trace(net)) == 0  # no shapes: nothing is proven
 
 
 def test_bf16_is_close_to_fp32_and_reported_error_is_honest():
@@ -197,17 +230,17 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
     names = [n for n, _ in tensors]
     low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", compile=compile_, fuse=False), x, y)
     assert "bf16: weights stored in bf16, run without autocast" in notes
-    master, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y],
-                                       EngineOptions(fuse=False))  # the fused oneDNN calls do not autocast
-    autocast = Evaluator(master, x, y, precision="bf16")
+    master = engine_for(model, dirs, EngineOptions(fuse=False), x)  # the fused oneDNN calls do not autocast
+    setter = master.setter
+    autocast = Evaluator(master.model, master.inputs(x), y, precision="bf16")
     for p, got in zip(POINTS, low):
         setter.set(p)
         expected = autocast()
         assert got == (pytest.approx(expected, rel=2e-3) if compile_ else expected)
     setter.restore()
 
-    eval_model, setter, _ = prepare_engine(model, names, [t for _, t in tensors], [dirs.x, dirs.y],
-                                           EngineOptions(precision="bf16"))
+    engine = engine_for(model, dirs, EngineOptions(precision="bf16"), x)
+    eval_model, setter = engine.model, engine.setter
     assert isinstance(eval_model, LowPrecisionModel) and isinstance(setter, CastPointSetter)
     weights = dict(eval_model.inner.named_parameters())
     moved = [n for n, t in weights.items() if t.dim() == 4]
@@ -275,7 +308,7 @@ def test_batch_size_does_not_change_results_beyond_rounding():
 
 
 def test_bad_precision():
-    with pytest.raises(LandscapeError, match="--precision"):
+    with pytest.raises(LandscapeError, match="precision must be one of fp32, tf32, bf16, fp16, auto"):
         EngineOptions(precision="int8")
 
 
@@ -382,7 +415,7 @@ def test_cudnn_benchmark_mode_holds_for_the_call_only():
 
 
 def test_compile_mode_is_checked():
-    with pytest.raises(LandscapeError, match="--compile-mode must be one of .*max-autotune"):
+    with pytest.raises(LandscapeError, match="compile_mode must be one of .*max-autotune"):
         EngineOptions(compile=True, compile_mode="fastest")
     with pytest.raises(LandscapeError, match="without compile"):
         EngineOptions(compile_mode="max-autotune-no-cudagraphs")

@@ -5,7 +5,8 @@ import torch
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import EngineOptions, Evaluator, prepare_engine
+from landscape.engine import EngineOptions, prepare_engine
+from landscape.evaluate import Evaluator
 from landscape.losses import get_loss
 from landscape.multipoint import MultiPointEvaluator
 from test_engine import POINTS, bn_model, data
@@ -13,12 +14,13 @@ from test_engine import POINTS, bn_model, data
 MORE = [(0.1, 0.1), (0.0, -0.4)]  # five points: two passes of three
 
 
-def folded(model, **opts):
+def folded(model, x, **opts):
     """(the folded, unfused copy of `model` that K points per launch evaluate, its setter, notes)."""
     tensors = target_tensors(model, "weights")
     dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    return prepare_engine(model, [n for n, _ in tensors], [t for _, t in tensors], [dirs.x, dirs.y],
-                          EngineOptions(fuse=False, **opts))
+    engine = prepare_engine(model, "weights", [dirs.x, dirs.y], EngineOptions(fuse=False, channels_last=False, **opts),
+                            example=x)
+    return engine.model, engine.setter, engine.report.notes()
 
 
 def one_at_a_time(setter, evaluator, points):
@@ -40,7 +42,7 @@ def test_k_points_per_launch_equal_one_point_at_a_time(name, precision):
     rounding), whatever the order; the model's tensors are not touched."""
     model = bn_model(name)
     x, y = data(40)
-    eval_model, setter, notes = folded(model)
+    eval_model, setter, notes = folded(model, x)
     assert notes[0].startswith("folded")
     points = POINTS + MORE
     one = Evaluator(eval_model, x, y, batch_size=16, precision=precision)
@@ -64,7 +66,7 @@ def test_other_losses_and_metrics_per_point():
     """The loss and metrics are the Evaluator's: MSE on softmax outputs plus a custom metric."""
     model = bn_model()
     x, y = data(24)
-    eval_model, setter, _ = folded(model)
+    eval_model, setter, _ = folded(model, x)
     metrics = {"top_logit": lambda out, t: out.max(dim=1).values}
     one = Evaluator(eval_model, x, y, get_loss("mse"), batch_size=8, metrics=metrics)
     multi = MultiPointEvaluator(eval_model, x, y, get_loss("mse"), batch_size=8, metrics=metrics, points_per_pass=2)
@@ -76,7 +78,7 @@ def test_other_losses_and_metrics_per_point():
 def test_the_setter_must_move_the_evaluated_model():
     model = bn_model()
     x, y = data(8)
-    _, setter, _ = folded(model)  # moves the folded copy, not `model`
+    _, setter, _ = folded(model, x)  # moves the folded copy, not `model`
     with pytest.raises(LandscapeError, match="not tensors of the evaluated model"):
         MultiPointEvaluator(model, x, y).block(setter, POINTS)
     with pytest.raises(LandscapeError, match="--points-per-launch must be >= 1"):
@@ -95,7 +97,7 @@ def test_cuda_k_points_per_launch_equal_one_point_at_a_time(cudnn_benchmark):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (64,), generator=g).cuda()
     x = input_layout(x, use_channels_last(model, x))
-    eval_model, setter, _ = folded(model, cudnn_benchmark=cudnn_benchmark)
+    eval_model, setter, _ = folded(model, x, cudnn_benchmark=cudnn_benchmark)
     points = POINTS + MORE
     before = torch.backends.cudnn.benchmark
     for precision, rel in (("fp32", 1e-5), ("bf16", 2e-2)):
