@@ -32,13 +32,12 @@ from landscape.directions import (Direction, Directions, DirectionSpec, load_dir
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
 from landscape.errors import LandscapeError
-from landscape.engine import EngineOptions, prepare_engine
-from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, Evaluator, LossFn, check_metrics, cross_entropy,
-                                default_batch_size, input_layout)
-from landscape.hardware import resolve_precision
+from landscape.engine import EngineOptions, batch_statistics_layers, prepare_engine
+from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, LossFn, check_metrics, cross_entropy,
+                                default_batch_size)
+from landscape.hardware import auto_note, resolve_precision
 from landscape.grid import Axis, Grid
 from landscape.multilevel import MultilevelMeasure
-from landscape.multipoint import MultiPointEvaluator
 from landscape.storage import Surface
 from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch, to_device
 
@@ -248,6 +247,8 @@ def compute_surface(
                                   batch_size=batch_size, cuda_fuse=cuda_fuse, cudnn_benchmark=cudnn_benchmark,
                                   compile_mode=compile_mode, points_per_launch=points_per_launch)
     precision = resolve_precision(engine_opts.precision, device)
+    if notes is not None and auto_note(engine_opts.precision, precision, device):
+        notes.append(auto_note(engine_opts.precision, precision, device))
     engine_opts = dataclasses.replace(engine_opts, precision=precision)
     batch_size = engine_opts.batch_size
     model.to(device)
@@ -259,6 +260,8 @@ def compute_surface(
         raise LandscapeError("points_per_launch > 1 needs resident data and no sampling tolerance")
     was_training = model.training
     model.eval()
+    batch_size = _whole_batches(model, prepared, batch_size, notes)
+    engine_opts = dataclasses.replace(engine_opts, batch_size=batch_size)
     tensors = target_tensors(model, dir_type)
     dirs = _directions(model, directions, grid.ndim, seed, spec)
     try:
@@ -273,12 +276,7 @@ def compute_surface(
     if sampling is not None:
         prepared = {s: _in_sample_order(s, p, sampling) for s, p in prepared.items()}
     measures: dict[str, Any] = {
-        s: (MultiPointEvaluator(eval_model, input_layout(p.x, nhwc), p.y, loss, batch_size, precision, metrics,
-                                engine_opts.points_per_launch) if multi
-            else Evaluator(eval_model, input_layout(p.x, nhwc), p.y, loss,
-                           batch_size or (default_batch_size(model, p.x, precision) if len(p.x) else None),
-                           precision, metrics)
-            if p.mode == "resident"
+        s: (engine.evaluator(p.x, p.y, loss, metrics, batch_size) if p.mode == "resident"
             else StreamEvaluator(eval_model, p.batches, loss, metrics, device, precision, points_per_pass, nhwc))
         for s, p in prepared.items()}
     if sampling is not None:
@@ -333,6 +331,28 @@ def compute_surface(
     if tmp is not None and surf is not None:
         surf.dir_file = None  # the temporary folder is gone
     return surf
+
+
+def _whole_batches(model: nn.Module, prepared: Mapping[str, PreparedData], batch_size: int | None,
+                   notes: list[str] | None) -> int | None:
+    """The batch size for a model whose BatchNorms use batch statistics (`batch_statistics_layers`):
+    the whole set in one batch, as plain evaluation of it computes; refused where that cannot be."""
+    layers = batch_statistics_layers(model)
+    if not layers:
+        return batch_size
+    what = (f"{', '.join(layers[:3])} normalize{'s' if len(layers) == 1 else ''} with batch statistics "
+            "(track_running_stats=False or training mode), so a sample's loss depends on the others in its batch")
+    for s, p in prepared.items():
+        if p.mode != "resident":
+            raise LandscapeError(f"{what}; the {s} data is streamed in batches: pass it as tensors to evaluate it "
+                                 "in one batch, or give the layers running statistics")
+    largest = max(len(p.x) for p in prepared.values())
+    if batch_size is not None and batch_size < largest:
+        raise LandscapeError(f"{what}: evaluate the whole set as one batch (batch_size={largest}, or leave it unset), "
+                             "or give the layers running statistics", "batch_size")
+    if notes is not None and batch_size is None:
+        notes.append(f"{what}: each set evaluated as one batch")
+    return largest
 
 
 def _engine_options(engine: EngineOptions | None, **given: Any) -> EngineOptions:

@@ -29,8 +29,9 @@ import torch.nn as nn
 from landscape import hardware
 from landscape.directions import target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import (CastPointSetter, CudnnBenchmark, LowPrecisionModel, PointSetter, _device_of,
-                                eval_mode, input_layout, map_tensors, stores_in_low_precision, use_channels_last)
+from landscape.evaluate import (CastPointSetter, CudnnBenchmark, Evaluator, LossFn, LowPrecisionModel, Measures,
+                                PointSetter, _device_of, cross_entropy, default_batch_size, eval_mode, input_layout,
+                                map_tensors, stores_in_low_precision, use_channels_last)
 from landscape.fold import call_args, describe_kept, fold_batchnorm, fuse_conv_activation, propagate_shapes
 
 # The largest difference allowed between an engine's outputs and plain fp32 evaluation, relative
@@ -59,6 +60,7 @@ class EngineOptions:
     cudnn_benchmark: bool = False  # cuDNN times its algorithms per batch shape (`CudnnBenchmark`)
     compile_mode: str | None = None  # torch.compile's mode, e.g. "max-autotune-no-cudagraphs"
     check: bool = True  # check the engine against plain evaluation before use (see the module's help)
+    allow_emulated: bool = False  # run bf16/fp16 even where emulated (to measure its cost: benchmark.py)
 
     def __post_init__(self) -> None:
         if self.precision not in hardware.PRECISION_CHOICES:
@@ -139,6 +141,8 @@ class EngineReport:
         out = {"precision": self.precision, "fold_bn": self.fold_bn, "folded": len(self.folded),
                "fused": self.fused, "prepacked": self.prepacked, "channels_last": self.channels_last,
                "compile": self.compile, "threads": torch.get_num_threads(), "hardware": self.hardware}
+        if self.capture is not None:
+            out["capture"] = self.capture
         if self.kept:
             out["not_folded"] = {m: why for m, why in self.kept}
         if self.compile_mode is not None:
@@ -162,6 +166,7 @@ class Engine:
     model: nn.Module
     setter: PointSetter
     report: EngineReport
+    original: nn.Module | None = None  # the model as given (batch sizes are chosen on it)
 
     @property
     def precision(self) -> str:
@@ -170,6 +175,36 @@ class Engine:
     def inputs(self, x: Any) -> Any:
         """Input tensors in the memory order the engine runs (channels_last where chosen)."""
         return input_layout(x, self.report.channels_last) if isinstance(x, torch.Tensor) else x
+
+    def batch_size(self, x: torch.Tensor, given: int | None = None) -> int:
+        """`given`, else the default for inputs like `x` (`evaluate.default_batch_size`) chosen on the
+        model as given: forward hooks do not see the engine's fused calls. With K points per launch
+        on the CPU a K-th of it (the K points' activations share the cache that rule sizes a batch for)."""
+        if given is not None:
+            return given
+        batch = default_batch_size(self.original if self.original is not None else self.model, x, self.precision)
+        k = self.report.points_per_launch
+        return max(1, batch // k) if k > 1 and x.device.type == "cpu" else batch
+
+    def evaluator(self, x: torch.Tensor, y: Any, loss_fn: LossFn = cross_entropy, metrics: Measures | None = None,
+                  batch_size: int | None = None) -> Evaluator:
+        """The evaluator of resident data (x, y) on this engine: an `Evaluator`, or with K points per
+        launch a `MultiPointEvaluator`; x in the engine's memory order."""
+        batch = self.batch_size(x, batch_size) if len(x) else batch_size
+        k = self.report.points_per_launch
+        if k > 1:
+            from landscape.multipoint import MultiPointEvaluator
+
+            return MultiPointEvaluator(self.model, self.inputs(x), y, loss_fn, batch, self.precision, metrics, k)
+        return Evaluator(self.model, self.inputs(x), y, loss_fn, batch, self.precision, metrics)
+
+
+def batch_statistics_layers(model: nn.Module) -> list[str]:
+    """The BatchNorm layers of `model` that normalize with the statistics of the batch they see in
+    its current mode (training mode, or no running statistics): through them a sample's output
+    depends on the other samples of its batch, so the loss depends on how the set is batched."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and (m.training or not m.track_running_stats or m.running_mean is None or m.running_var is None)]
 
 
 # ---------------------------------------------------------------------------- checking
@@ -292,50 +327,78 @@ def prepare_engine(model: nn.Module, dir_type: str, directions: Sequence[Sequenc
     model.eval()
     device = _device_of(model)
     info = hardware.device_info(device)
-    precision = hardware.resolve_precision(options.precision, device, info)
+    emulated = options.allow_emulated and options.precision in ("bf16", "fp16")
+    precision = options.precision if emulated else hardware.resolve_precision(options.precision, device, info)
     per_launch = options.points_per_launch
-    report = EngineReport(str(device), precision, info, compile=options.compile, compile_mode=options.compile_mode,
-                          points_per_launch=per_launch)
     ndim = len(directions)
     points = [tuple(map(float, p)) for p in (check_points or [(0.0,) * ndim, (1.0,) * ndim])]
     if all(any(c != 0 for c in p) for p in points):
         points = [(0.0,) * ndim, *points]
     probe = _sample(example, CHECK_SAMPLES) if example is not None else None
+    refs: dict[int, _Reference] = {}  # plain evaluation, per input batch (computed once each)
 
-    # the exact rewrites: channels_last, folding, fusion (+ prepacking); all or none of them
-    rewrite = dataclasses.replace(options, fold_bn=options.fold_bn and example is not None,
-                                  fuse=options.fuse and example is not None and per_launch == 1 and not options.compile)
+    def reference(inputs: Any) -> _Reference:
+        if id(inputs) not in refs:
+            plain = PointSetter([t for _, t in target_tensors(model, dir_type)], directions)
+            refs[id(inputs)] = _Reference(model, plain, inputs, points)
+        return refs[id(inputs)]
+
+    # first with the automatic rewrites (channels_last, folding, fusion, prepacking), then, if any
+    # check fails, without them: the model as given with the options asked for
+    auto = dataclasses.replace(options, fold_bn=options.fold_bn and example is not None,
+                               fuse=options.fuse and example is not None and per_launch == 1 and not options.compile,
+                               channels_last=options.channels_last if isinstance(example, torch.Tensor) else False)
+    bare = dataclasses.replace(auto, fold_bn=False, fuse=False, prepack=False, channels_last=False)
+    failed: str | None = None
+    for attempt in (auto, bare) if auto != bare else (bare,):
+        report = EngineReport(str(device), precision, info, compile=options.compile, compile_mode=options.compile_mode,
+                              points_per_launch=per_launch)
+        engine, why = _attempt(model, dir_type, directions, attempt, precision, device, example, probe, points,
+                               report, reference if options.check and probe is not None else None)
+        if why is None:
+            if failed is not None:
+                report.fallback = f"evaluating the model as given: {failed}"
+            return engine
+        failed = why
+        if report.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+    asked = [w for w, on in ((f"points_per_launch={per_launch}", per_launch > 1), (f"precision {precision}",
+                                                                                  precision != "fp32"),
+                             ("compile", options.compile)) if on]
+    raise LandscapeError(f"{' with '.join(asked) or 'the engine'} does not compute this model exactly "
+                         f"(within its rounding): {failed}; use "
+                         + ", ".join(w for w, on in (("points_per_launch=1", per_launch > 1),
+                                                     ("precision fp32", precision != "fp32"),
+                                                     ("no compile", options.compile)) if on),
+                         "points_per_launch" if per_launch > 1 else "precision" if precision != "fp32" else None)
+
+
+def _attempt(model: nn.Module, dir_type: str, directions, options: EngineOptions, precision: str,
+             device: torch.device, example: Any, probe: Any, points, report: EngineReport,
+             reference: Callable[[Any], _Reference] | None) -> tuple[Engine | None, str | None]:
+    """The engine per `options`, checked against plain evaluation when `reference` is given:
+    (engine, None), or (None, why) at the first check that fails."""
+    per_launch = options.points_per_launch
     if options.channels_last is not False and isinstance(example, torch.Tensor):
         report.channels_last = use_channels_last(model, example)
-    engine_model, setter = _rewritten(model, dir_type, directions, rewrite, precision, device, example, report)
-    ref = None
-    rewritten = report.channels_last or report.folded or report.fused
-    if options.check and probe is not None and (rewritten or per_launch > 1 or precision != "fp32" or options.compile):
-        plain = PointSetter([t for _, t in target_tensors(model, dir_type)], directions)
-        ref = _Reference(model, plain, probe, points)
-        del plain
-    if ref is not None and rewritten:
-        fast_inputs = input_layout(probe, report.channels_last) if isinstance(probe, torch.Tensor) else probe
-        report.check, why = _check(ref, lambda: _engine_outputs(engine_model, setter, fast_inputs, points, "fp32",
-                                                                device, 1), CHECK_RTOL["fp32"], points, _len(probe))
+    engine_model, setter = _rewritten(model, dir_type, directions, options, precision, device, example, report)
+    fast_probe = input_layout(probe, report.channels_last) if isinstance(probe, torch.Tensor) else probe
+    done = [w for w, on in (("channels_last", report.channels_last), ("BatchNorm folding", report.folded),
+                            ("fused convolutions", report.fused)) if on]
+    if reference is not None and done:  # the exact rewrites, in fp32 one point at a time
+        report.check, why = _check(reference(probe), lambda: _engine_outputs(engine_model, setter, fast_probe, points,
+                                                                             "fp32", device, 1),
+                                   CHECK_RTOL["fp32"], points, _len(probe))
         if why is not None:
-            done = [w for w, on in (("channels_last", report.channels_last), ("BatchNorm folding", report.folded),
-                                    ("fused convolutions", report.fused)) if on]
-            report.fallback = f"evaluating the model as given: with {', '.join(done)} {why}"
-            if report.channels_last:
-                model.to(memory_format=torch.contiguous_format)
-            report.channels_last, report.folded, report.fused, report.prepacked = False, [], 0, False
-            engine_model, setter = model, PointSetter([t for _, t in target_tensors(model, dir_type)], directions)
-    if ref is not None and per_launch > 1:
-        fast_inputs = input_layout(probe, report.channels_last)
-        check, why = _check(ref, lambda: _engine_outputs(engine_model, setter, fast_inputs, points, "fp32", device,
-                                                         per_launch), CHECK_RTOL["fp32"], points, _len(probe))
-        report.check = check
+            return None, f"with {', '.join(done)} {why}"
+    if reference is not None and per_launch > 1:
+        report.check, why = _check(reference(probe), lambda: _engine_outputs(engine_model, setter, fast_probe, points,
+                                                                             "fp32", device, per_launch),
+                                   CHECK_RTOL["fp32"], points, _len(probe))
         if why is not None:
-            raise LandscapeError(f"points_per_launch={per_launch} does not compute this model exactly: {why}; "
-                                 "use points_per_launch=1")
+            return None, f"with {per_launch} points per launch {why}"
 
-    # the options that change more than rounding or are compiled: checked against fp32 with their tolerance
+    # the options that change more than rounding, or compile: checked against fp32 with their tolerance
     if precision == "bf16" and per_launch == 1 and stores_in_low_precision(engine_model):
         low = LowPrecisionModel(engine_model, torch.bfloat16)
         setter = CastPointSetter(setter, engine_model, low.inner)
@@ -352,20 +415,16 @@ def prepare_engine(model: nn.Module, dir_type: str, directions: Sequence[Sequenc
             report.ignored.append(f"cuDNN benchmark mode asked for; it has no effect on {device.type}")
     if options.cuda_fuse and device.type != "cuda":
         report.ignored.append(f"cuDNN fusion asked for; it has no effect on {device.type}")
-    if ref is not None and (precision != "fp32" or options.compile) and per_launch == 1:
-        inputs = example if options.compile else probe
-        ref_full = ref if inputs is probe else _Reference(
-            model, PointSetter([t for _, t in target_tensors(model, dir_type)], directions), inputs, points)
-        fast_inputs = input_layout(inputs, report.channels_last) if isinstance(inputs, torch.Tensor) else inputs
+    if reference is not None and (precision != "fp32" or options.compile) and per_launch == 1:
+        inputs = example if options.compile else probe  # compiled: the evaluation's batch shape
+        fast = input_layout(inputs, report.channels_last) if isinstance(inputs, torch.Tensor) else inputs
         rtol = CHECK_RTOL_CUDA_TF32 if precision == "tf32" and device.type == "cuda" else CHECK_RTOL[precision]
-        check, why = _check(ref_full, lambda: _engine_outputs(engine_model, setter, fast_inputs, points, precision,
-                                                              device, 1), rtol, points, _len(inputs))
-        report.check = check
+        report.check, why = _check(reference(inputs), lambda: _engine_outputs(engine_model, setter, fast, points,
+                                                                              precision, device, 1),
+                                   rtol, points, _len(inputs))
         if why is not None:
-            what = " with ".join([f"precision {precision}"] + (["compile"] if options.compile else []))
-            raise LandscapeError(f"{what} does not compute this model within its rounding: {why}; "
-                                 "use precision fp32" + (" without compile" if options.compile else ""))
-    return Engine(engine_model, setter, report)
+            return None, why
+    return Engine(engine_model, setter, report, model), None
 
 
 def _len(inputs: Any) -> int:

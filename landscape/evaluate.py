@@ -344,7 +344,10 @@ class CastPointSetter(PointSetter):
         self.live, self.theta0, self.dirs = setter.live, setter.theta0, setter.dirs
         name_of = {t.data_ptr(): name for name, t in _floating_tensors(master)}  # live tensors share storage
         low = dict(_floating_tensors(copy_))
-        self.low = [low[name_of[t.data_ptr()]] for t in self.live]  # aligned with self.live
+        # a moving tensor the evaluated model does not hold (a module its forward never calls) has no copy
+        used = [t for t in self.live if t.data_ptr() in name_of]
+        self.low = [low[name_of[t.data_ptr()]] for t in used]
+        self.sources = used  # aligned with self.low
 
     @torch.no_grad()
     def set(self, coords: Sequence[float]) -> None:
@@ -358,7 +361,7 @@ class CastPointSetter(PointSetter):
 
     def _sync(self) -> None:
         if self.low:
-            torch._foreach_copy_(self.low, self.live)
+            torch._foreach_copy_(self.low, self.sources)
 
 
 def _floating_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -134,3 +134,11 @@ def describe(info: dict[str, Any]) -> str:
     native = "native bf16" if info.get("native_bf16") else "bf16 emulated"
     cap = f", oneDNN capped at {info['onednn_max_isa']}" if "onednn_max_isa" in info else ""
     return f"{info.get('name', 'CPU')}, {info.get('isa')} ({', '.join(low) or 'no bf16/fp16 instructions'}: {native}{cap})"
+
+
+def auto_note(asked: str, resolved: str, device: torch.device | str) -> str | None:
+    """The note for `precision auto`: what it chose and why (None for any other precision)."""
+    if asked != "auto":
+        return None
+    why = "bf16 is native here" if resolved == "bf16" else "bf16 would be emulated here"
+    return f"precision auto: {resolved} ({why}, {describe(device_info(device))})"

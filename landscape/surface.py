@@ -28,7 +28,6 @@ import landscape
 from landscape.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
                                 stratify_sets)
 from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
-from landscape.multipoint import MultiPointEvaluator
 from landscape.checkpoint import build_model, load_checkpoint
 from landscape.cpu import set_threads
 from landscape.data import check_normalization, load_dataset, resolve_normalization
@@ -37,7 +36,7 @@ from landscape.directions import (DirectionSpec, Directions, interpolation_direc
 from landscape.errors import LandscapeError
 from landscape.engine import EngineOptions, prepare_engine
 from landscape.evaluate import Evaluator, PointSetter, default_batch_size, get_loss, input_layout
-from landscape.hardware import resolve_precision
+from landscape.hardware import auto_note, resolve_precision
 from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
 from landscape.grid import Axis, Grid
 from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
@@ -569,6 +568,8 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         check_normalization(job.normalization)
         device = local_device(group.info, device)
         precision = resolve_precision(job.precision, device)  # "auto" and emulated low precision
+        if auto_note(job.precision, precision, device):
+            notes.append(auto_note(job.precision, precision, device))
         ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
         grid = Grid(job.x, job.y)
         out = Path(job.out)
@@ -650,35 +651,26 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
         options = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
                                 cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
                                 compile_mode=job.compile_mode, points_per_launch=job.points_per_launch)
-        per_launch = job.points_per_launch
         first_x = next(iter(splits.values()))[0] if splits else None
         example = None
         if first_x is not None and len(first_x):
             example = first_x[:options.batch_size or default_batch_size(model, first_x, precision)]
         engine = prepare_engine(model, dir_type, [dirs.x, *ys], dataclasses.replace(options, precision=precision),
                                 example=example, check_points=grid.corners())
-        eval_model, setter, nhwc = engine.model, engine.setter, engine.report.channels_last
-        splits = {s: (engine.inputs(x), y) for s, (x, y) in splits.items()}
+        setter, nhwc = engine.setter, engine.report.channels_last
         notes += engine.report.notes()
         loss_fn = get_loss(job.loss)
-        if per_launch > 1:
-            evaluators = {s: MultiPointEvaluator(eval_model, x, y, loss_fn, options.batch_size, precision,
-                                                 points_per_pass=per_launch) for s, (x, y) in splits.items()}
-        else:
-            # the batch size from the model as given: hooks do not see the fused calls of the engine's
-            evaluators = {s: Evaluator(eval_model, x, y, loss_fn,
-                                       options.batch_size or (default_batch_size(model, x, precision) if len(x) else None),
-                                       precision) for s, (x, y) in splits.items()}
+        evaluators = {s: engine.evaluator(x, y, loss_fn, batch_size=options.batch_size) for s, (x, y) in splits.items()}
         engine_attrs = engine.report.attrs()
         if precision != "fp32":
             # the error of the reduced precision at the center, against exact fp32 on the original model
             first = next(iter(splits))
-            probe = splits[first]
+            px, py = splits[first]
             if job.sampling is not None and job.sampling.tolerance is not None:
-                probe = tuple(t[:4096] for t in probe)  # a random subset: the set is in the common random order
-            exact = Evaluator(model, *probe, loss_fn, options.batch_size)()[0]
+                px, py = px[:4096], py[:4096]  # a random subset: the set is in the common random order
+            exact = Evaluator(model, engine.inputs(px), py, loss_fn, engine.batch_size(px, options.batch_size))()[0]
             setter.set([0.0] * len(setter.dirs))
-            low = Evaluator(eval_model, *probe, loss_fn, options.batch_size, precision)()[0]
+            low = engine.evaluator(px, py, loss_fn, batch_size=options.batch_size)()[0]
             setter.restore()
             engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
             notes.append(f"{precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "

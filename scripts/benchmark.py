@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import platform
 import resource
 import shlex
 import statistics
@@ -44,7 +43,6 @@ from landscape.engine import EngineOptions, prepare_engine  # noqa: E402
 from landscape.evaluate import Evaluator, PointSetter, default_batch_size, keep_freed_memory  # noqa: E402
 from landscape.hardware import describe, device_info, resolve_precision  # noqa: E402
 from landscape.models import get_model  # noqa: E402
-from landscape.multipoint import MultiPointEvaluator  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +55,8 @@ MODES = {
     "bf16-nopack": EngineOptions(precision="bf16", fold_bn=True, prepack=False),
     "tf32": EngineOptions(precision="tf32", fold_bn=True),
     "bf16": EngineOptions(precision="bf16", fold_bn=True),
+    # bf16 where the CPU has no bf16 instructions (refused elsewhere): what it would cost
+    "bf16-emulated": EngineOptions(precision="bf16", fold_bn=True, allow_emulated=True),
     "fp16": EngineOptions(precision="fp16", fold_bn=True),
     "compile": EngineOptions(precision="fp32", fold_bn=True, compile=True),
     "compile-bf16": EngineOptions(precision="bf16", fold_bn=True, compile=True),
@@ -240,20 +240,15 @@ def run_case(case: str, modes: list[str], points: int, repeats: int, device, n, 
         opts = dataclasses.replace(opts, batch_size=batch_size, points_per_launch=PER_LAUNCH.get(mode, 1))
         setter = None
         try:  # a mode that fails to build or run (or is refused here) is reported, the others still measured
-            precision = resolve_precision(opts.precision, device)
+            precision = opts.precision if opts.allow_emulated else resolve_precision(opts.precision, device)
             bs = batch_size or default_batch_size(ours, x, precision)
             engine = prepare_engine(ours, "weights", [dirs.x, dirs.y], opts, example=x[:bs],
                                     check_points=[coords[0], coords[-1]])
-            eval_model, setter, notes = engine.model, engine.setter, engine.report.notes()
+            setter, notes = engine.setter, engine.report.notes()
             nhwc = nhwc or engine.report.channels_last
-            x_ours = engine.inputs(x)
-            if mode in PER_LAUNCH:
-                multi = MultiPointEvaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision,
-                                            points_per_pass=PER_LAUNCH[mode])
-                run, batches[mode] = block_loop(multi, setter, coords), multi.batch_size
-            else:
-                ev = Evaluator(eval_model, x_ours, y, batch_size=opts.batch_size, precision=opts.precision)
-                run, batches[mode] = point_loop(setter, ev, coords), ev.batch_size
+            ev = engine.evaluator(x, y, batch_size=opts.batch_size)  # K points per launch: a MultiPointEvaluator
+            run = block_loop(ev, setter, coords) if mode in PER_LAUNCH else point_loop(setter, ev, coords)
+            batches[mode] = ev.batch_size
             t0 = time.perf_counter()
             run(warm_up=True)  # the first point or block (and compilation)
             sync(device)

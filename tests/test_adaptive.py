@@ -163,8 +163,9 @@ def test_adaptive_job_resumes_bit_for_bit_and_checks_its_settings(digits_ckpt, t
     used, full = forwards_used(whole)
     assert used == whole.metrics["train_n"].sum() and full == 9 * 128
     # a point grows in whole batches, so the default batch is capped at n0 (in bf16 the CPU cap is
-    # 1024): points that stop after their first chunk used 32 samples, not the whole 128
-    low = run_job(job(digits_ckpt, tmp_path / "bf16", precision="bf16")).surface
+    # 1024): points that stop after their first chunk used 32 samples, not the whole 128 (auto: bf16
+    # where this CPU has it natively, else fp32)
+    low = run_job(job(digits_ckpt, tmp_path / "bf16", precision="auto")).surface
     assert low.metrics["train_n"].min() == whole.metrics["train_n"].min() == 32
     with pytest.raises(LandscapeError, match="other settings"):
         run_job(job(digits_ckpt, tmp_path / "b", sampling=SamplingPlan(tolerance=0.25, n0=32, vmax=10.0)))

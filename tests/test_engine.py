@@ -15,6 +15,8 @@ from landscape.fold import fold_batchnorm
 from landscape.hardware import is_native
 
 NATIVE_BF16 = is_native("bf16", "cpu")
+needs_native_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (the engine refuses it; "
+                                       "test_fused_convolutions_compute_what_the_folded_model_computes checks that)")
 from landscape.models import get_model
 
 POINTS = [(0.0, 0.0), (0.3, -0.7), (-1.0, 0.5)]
@@ -204,6 +206,7 @@ def test_fusion_leaves_other_patterns_alone():
     assert fuse_conv_activation(torch.fx.symbolic_trace(net)) == 0  # no shapes: nothing is proven
 
 
+@needs_native_bf16
 def test_bf16_is_close_to_fp32_and_reported_error_is_honest():
     model = bn_model()
     x, y = data(64)
@@ -216,6 +219,7 @@ def test_bf16_is_close_to_fp32_and_reported_error_is_honest():
         assert lb == pytest.approx(lr, rel=0.05)
 
 
+@needs_native_bf16
 @pytest.mark.parametrize("compile_", [False, True])
 def test_bf16_weights_compute_what_autocast_computes(compile_):
     """With BN folded, a ResNet runs with bf16 weights and no autocast: bit for bit the loss that
@@ -227,7 +231,6 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
     x, y = data(64)
     tensors = target_tensors(model, "weights")
     dirs = make_directions(tensors, DirectionSpec(), seed=0)
-    names = [n for n, _ in tensors]
     low, notes = losses(model, tensors, dirs, EngineOptions(precision="bf16", compile=compile_, fuse=False), x, y)
     assert "bf16: weights stored in bf16, run without autocast" in notes
     master = engine_for(model, dirs, EngineOptions(fuse=False), x)  # the fused oneDNN calls do not autocast
@@ -277,6 +280,7 @@ def test_a_bf16_copy_takes_and_returns_float32_through_tuples_and_dicts():
     assert model.a.weight.dtype == torch.float32  # the original is untouched
 
 
+@needs_native_bf16
 def test_bf16_keeps_autocast_for_models_with_normalization_layers():
     model = bn_model()
     x, y = data(64)

@@ -319,3 +319,60 @@ def test_cuda_products_match_the_cpu():
     gpu = HessianOperator(model, x.cuda(), y.cuda(), loss_fn=ce64)
     torch.testing.assert_close(gpu.matvec_flat(v.cuda()).cpu(), ref, rtol=1e-9, atol=1e-12)
     assert gpu.method == "func"
+
+
+# ---------------------------------------------------------------------------- the loss convention
+
+
+class TokenMLP(nn.Module):
+    """(N, T, 3) -> class scores (N, 4, T): a per-token model for a per-token loss."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.l1, self.l2 = nn.Linear(3, 5).double(), nn.Linear(5, 4).double()
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x))).transpose(1, 2)
+
+
+@pytest.mark.parametrize("kind", ["per_sample", "batch_mean", "per_token"])
+def test_the_hessian_takes_the_surfaces_loss_convention(kind):
+    """One convention for surfaces and curvature (`losses.per_sample`): per-sample values; a 0-dim
+    batch mean weighted by its batch size (batches of 4, 4 and 2 here); trailing dimensions averaged
+    per sample. The Hessian operator equals the dense Hessian of the surface's mean loss, written here
+    as the mean over samples of each sample's loss (averaged over its tokens)."""
+    from landscape.evaluate import Evaluator
+
+    g = torch.Generator().manual_seed(3)
+    if kind == "per_token":
+        model = TokenMLP()
+        x = torch.randn(10, 6, 3, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (10, 6), generator=g)
+        loss = ce64  # (N, T)
+        per_sample = lambda out: ce64(out, y).mean(dim=1)  # noqa: E731
+    else:
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).double()
+        x = torch.randn(10, 3, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (10,), generator=g)
+        loss = ce64 if kind == "per_sample" else (lambda out, t: F.cross_entropy(out, t))  # 0-dim batch mean
+        per_sample = lambda out: ce64(out, y)  # noqa: E731
+    op = HessianOperator(model, x, y, loss_fn=loss, batch_size=4, ignore="none", method="backprop")
+    params = dict(model.named_parameters())
+    names = list(params)
+
+    def surface_loss(flat):
+        ps = dict(zip(names, vunflatten(flat, [params[n] for n in names])))
+        return per_sample(functional_call(model, ps, (x,))).mean()
+
+    flat0 = vflatten([p.detach() for p in params.values()])
+    dense = hessian(surface_loss)(flat0)  # (dim, dim)
+    assert dense.abs().max() > 1e-3
+    for i in range(0, len(flat0), 7):
+        e = torch.zeros_like(flat0)
+        e[i] = 1.0
+        torch.testing.assert_close(op.matvec_flat(e), dense[:, i], rtol=1e-9, atol=1e-12)
+    # the surface's Evaluator takes the same mean
+    got = Evaluator(model, x, y, loss, batch_size=4, metrics={})()[0]
+    assert got == pytest.approx(float(per_sample(model(x)).mean()), rel=1e-12)
