@@ -207,6 +207,30 @@ def batch_statistics_layers(model: nn.Module) -> list[str]:
             and (m.training or not m.track_running_stats or m.running_mean is None or m.running_var is None)]
 
 
+def compile_options(mode: str | None) -> dict[str, Any]:
+    """Inductor's settings of a torch.compile `mode` (for `torch.compile(options=...)`)."""
+    import torch._inductor
+
+    return dict(torch._inductor.list_mode_options(mode)) if mode not in (None, "default") else {}
+
+
+# torch releases whose inductor CPU code corrupts memory on the models we run (pytorch/pytorch#181618 and
+# its duplicates, "module: regression"): in torch 2.13.0 a compiled folded ResNet-56 in channels_last
+# aborted in malloc on an AVX-512/AMX CPU, and with oneDNN capped at AVX2 one benchmark run gave a loss
+# 100 % off plain evaluation (the next run of the same command agreed to 2e-6: a memory error, not a
+# formula). Nothing the engine checks can prove such a run right.
+UNSAFE_CPU_COMPILE = ("2.13.",)
+
+
+def compile_refusal(device: torch.device) -> str | None:
+    """Why `torch.compile` is refused on `device` with this torch, or None."""
+    if device.type == "cpu" and torch.__version__.startswith(UNSAFE_CPU_COMPILE):
+        return (f"compile is refused on the CPU with torch {torch.__version__.split('+')[0]}: its inductor code "
+                "corrupts memory on models like ours (pytorch/pytorch#181618: crashes, and a wrong loss in our "
+                "benchmark); run without compile (eager fp32 ran as fast as compiled, within 4 %, on our CPUs) or on a GPU")
+    return None
+
+
 # ---------------------------------------------------------------------------- checking
 
 
@@ -327,6 +351,8 @@ def prepare_engine(model: nn.Module, dir_type: str, directions: Sequence[Sequenc
     model.eval()
     device = _device_of(model)
     info = hardware.device_info(device)
+    if options.compile and compile_refusal(device):
+        raise LandscapeError(compile_refusal(device), "compile")
     emulated = options.allow_emulated and options.precision in ("bf16", "fp16")
     precision = options.precision if emulated else hardware.resolve_precision(options.precision, device, info)
     per_launch = options.points_per_launch
@@ -405,8 +431,7 @@ def _attempt(model: nn.Module, dir_type: str, directions, options: EngineOptions
         engine_model = low
         report.low_precision_storage = True
     if options.compile:
-        mode = None if options.compile_mode in (None, "default") else options.compile_mode
-        engine_model = torch.compile(engine_model, mode=mode)
+        engine_model = torch.compile(engine_model, options=compile_options(options.compile_mode) or None)
     if options.cudnn_benchmark:
         if device.type == "cuda":
             engine_model = CudnnBenchmark(engine_model)

@@ -2,8 +2,9 @@
 
 A CPU without bf16 instructions (AVX2 only, as many cloud and laptop CPUs are; or AVX-512
 without the BF16 extension) computes bf16 by converting to fp32 and back around every
-operation: on such a CPU our loop ran bf16 15-18x slower than fp32 (BENCHMARKS.md, "bf16 on a
-CPU without native bf16"). So low precision is used only where it is native:
+operation: the embedded default ran 15x slower in bf16 than in fp32 on such a CPU (AVX2 only), and
+with oneDNN capped at AVX2 on an AVX-512 CPU our loop ran 6-7x slower (BENCHMARKS.md, "bf16 where
+the CPU has no bf16 instructions"). So low precision is used only where it is native:
 
 - CPU bf16: the avx512_bf16 or amx_bf16 instructions (from torch's cpuinfo), and oneDNN not
   capped below them by ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA);
@@ -31,8 +32,8 @@ _ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE
                 "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
                 "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16")
 _NEEDS = {"bf16": "AVX512_CORE_BF16", "fp16": "AVX512_CORE_FP16"}  # the lowest ISA with the instructions
-# measured on a CPU without them (BENCHMARKS.md): bf16 time / fp32 time of our loop
-EMULATED_SLOWDOWN = "15-18x"
+# measured without them (BENCHMARKS.md): bf16 time / fp32 time of our loop
+EMULATED_SLOWDOWN = "6-15x"
 
 
 def onednn_isa_cap() -> str | None:

@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fp32 (exact, default); tf32 (CUDA); bf16 or fp16: faster where the hardware runs them "
                         "natively (a CPU with avx512_bf16/amx_bf16, a GPU of compute capability 8.0+), the error at "
                         "the center measured and stored; where they would be emulated (e.g. an AVX2-only CPU, "
-                        "15-18x slower than fp32) they are refused; auto: bf16 where native, else fp32")
+                        "6-15x slower than fp32) they are refused; auto: bf16 where native, else fp32")
     e.add_argument("--no-fold-bn", action="store_true",
                    help="do not fold BatchNorm into the preceding layers (on by default where proven exact: a BN "
                         "with running statistics, called once, right after a conv/linear layer whose output "

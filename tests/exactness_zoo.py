@@ -569,8 +569,13 @@ def table() -> str:
             else:
                 cells.append(f"exact ({o.rel:.0e})" if o.exact(p) else f"**WRONG {o.rel:.1e}**")
         lines.append(f"| {case.name} | {fold_summary(case)} | " + " | ".join(cells) + " |")
-    foot = (f"\nbf16: {'native here' if native else 'not native here: refused'}; fp32 paths within {REL:g} "
-            f"relative of plain evaluation, bf16 within {BF16_REL:g}.")
+    from landscape.engine import compile_refusal
+    from landscape.hardware import describe, device_info
+
+    compiled = "compile: refused on the CPU with this torch" if compile_refusal(torch.device("cpu")) else ""
+    foot = (f"\n{describe(device_info('cpu'))}, torch {torch.__version__}: bf16 "
+            f"{'native' if native else 'not native, refused'}; {compiled + '; ' if compiled else ''}"
+            f"fp32 paths within {REL:g} relative of plain evaluation, bf16 within {BF16_REL:g}.")
     return "\n".join(lines) + "\n" + foot
 
 

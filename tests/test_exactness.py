@@ -11,6 +11,7 @@ import torch
 import landscape as ll
 from exactness_zoo import (BATCH, BF16_REL, CASES, COMPILED, PATHS, REL, ZOO, Case, build, plain_losses,
                            randomize_bn_, run_path)
+from landscape.engine import compile_refusal
 from landscape.errors import LandscapeError
 from landscape.grid import Grid
 from landscape.hardware import is_native
@@ -44,8 +45,13 @@ def test_every_path_is_exact_or_refused(name, path):
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_compiled_paths_are_exact(name):
+def test_compiled_paths_are_exact_or_refused(name):
+    """compile equals plain evaluation; with torch 2.13 on the CPU it is refused (its inductor code
+    corrupts memory: engine.compile_refusal)."""
     out = run_path(CASES[name], "compile")
+    if compile_refusal(torch.device("cpu")) is not None:
+        assert out.refused is not None and "compile is refused on the CPU" in out.refused
+        return
     assert out.refused is None and out.rel <= REL, out
 
 
