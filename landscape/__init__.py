@@ -15,7 +15,7 @@ The Python API, for any torch.nn.Module, data and loss:
 
 - compute_surface(model, data, loss, metrics, x=, y=, ...): the surface file (see its help)
 - data: tensors (x, y), a Dataset, a DataLoader or a list of (inputs, targets) batches;
-  large or streamed data is read once per block of grid points (landscape.stream)
+  large or streamed data is read once per block of grid points (landscape.engine.stream)
 - losses: cross_entropy, softmax_mse, squared_error, or any callable (output, targets) ->
   per-sample values; metrics: accuracy, or any such callable
 - directions: random(model, norm="filter", ignore="biasbn", generator=g), interpolation(m1, m2),
@@ -35,7 +35,7 @@ from landscape.errors import LandscapeError  # noqa: E402
 _LAZY = {
     "compute_surface": ("landscape.api", "compute_surface"),
     "Axis": ("landscape.grid", "Axis"),
-    "SamplingPlan": ("landscape.adaptive", "SamplingPlan"),
+    "SamplingPlan": ("landscape.sampling.adaptive", "SamplingPlan"),
     "Surface": ("landscape.storage", "Surface"),
     "read_surface": ("landscape.storage", "read_surface"),
     "directions": ("landscape.directions", None),

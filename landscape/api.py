@@ -27,19 +27,19 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from landscape import surface as _surface
-from landscape.adaptive import SampledBlockMeasure, SampledMeasure, SamplingPlan, sample_order, stratify_sets
+from landscape.sampling.adaptive import SampledBlockMeasure, SampledMeasure, SamplingPlan, sample_order, stratify_sets
 from landscape.directions import (Direction, Directions, DirectionSpec, load_directions, make_directions,
                                   save_directions, target_tensors)
 from landscape.distributed import Group, Shard
 from landscape.errors import LandscapeError
 from landscape.engine import EngineOptions, batch_statistics_layers, prepare_engine
-from landscape.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, LossFn, check_metrics, cross_entropy,
+from landscape.engine.evaluate import (DEFAULT_BATCH, DEFAULT_BATCH_CUDA, LossFn, check_metrics, cross_entropy,
                                 default_batch_size)
-from landscape.hardware import auto_note, resolve_precision
+from landscape.engine.hardware import auto_note, resolve_precision
 from landscape.grid import Axis, Grid
-from landscape.multilevel import MultilevelMeasure
+from landscape.sampling.multilevel import MultilevelMeasure
 from landscape.storage import Surface
-from landscape.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch, to_device
+from landscape.engine.stream import DEFAULT_POINTS_PER_PASS, StreamEvaluator, check_deterministic, split_batch, to_device
 
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes: data sets larger than this are streamed, not kept on the device
 
@@ -214,20 +214,20 @@ def compute_surface(
         out: the surface file; None keeps it in a temporary folder (the Surface is returned).
             The directions go next to it, `<out stem>_dirs.h5`.
         batch_size, device, precision, fold_bn, compile, compile_mode, cuda_fuse, cudnn_benchmark:
-            the evaluation engine (`landscape.evaluate.EngineOptions`), as the command line's flags.
+            the evaluation engine (`landscape.engine.evaluate.EngineOptions`), as the command line's flags.
         points_per_launch: K > 1 evaluates K points in each forward pass over resident data
-            (`landscape.multipoint`; not with compile or a sampling tolerance).
+            (`landscape.engine.multipoint`; not with compile or a sampling tolerance).
         engine: all of the engine's settings at once (`landscape.engine.EngineOptions`, also
             fusion, prepacking and channels_last), instead of the separate arguments above.
-            Every fast path is proven exact or not taken (see `landscape.engine`); `precision`
+            Every fast path is proven exact or not taken (see `landscape.engine.build`); `precision`
             "auto" is bf16 where the hardware runs it natively, else fp32, and bf16 where it
-            would be emulated is refused (`landscape.hardware`).
+            would be emulated is refused (`landscape.engine.hardware`).
         stream, points_per_pass, memory_budget, num_workers: streaming evaluation reads each
             batch once per `points_per_pass` grid points (`stream=None`: when the data is larger
             than `memory_budget` bytes or is a DataLoader/iterable).
         group: the ranks of a torchrun/srun job (`landscape.distributed`): they share the points,
             rank 0 alone writes; the values are the same bit for bit as with one process.
-        sampling: error bars and adaptive sampling (`landscape.adaptive.SamplingPlan`, e.g.
+        sampling: error bars and adaptive sampling (`landscape.sampling.adaptive.SamplingPlan`, e.g.
             `SamplingPlan(tolerance=0.125, vmax=10)`, `multilevel=True` for coarse to fine,
             `strata=256` for an order stratified by the center's per-sample loss): the
             file gets `<split>_loss_se`, `<split>_<metric>_se` and `<split>_n`. Resident data only.

@@ -87,7 +87,7 @@ class Surface:
         return np.ma.masked_array(self.metrics[name], mask=~self.done)
 
     def plot_contour(self, metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
-        """`landscape.plot.contour` of this surface (2-D); `metric` defaults to the first loss stored,
+        """`landscape.plot.surface.contour` of this surface (2-D); `metric` defaults to the first loss stored,
         the levels (vmin, vmax, vlevel) to 20 steps over its computed finite values."""
         from landscape import plot  # matplotlib only when plotting
 
@@ -99,7 +99,7 @@ class Surface:
         return plot.contour(self, metric, ax=ax, **kwargs)
 
     def plot_line(self, ax: Any = None, **kwargs: Any) -> Any:
-        """`landscape.plot.line1d` of this surface (1-D)."""
+        """`landscape.plot.surface.line1d` of this surface (1-D)."""
         from landscape import plot
 
         return plot.line1d(self, ax=ax, **kwargs)

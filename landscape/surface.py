@@ -25,18 +25,18 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
-from landscape.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
+from landscape.sampling.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
                                 stratify_sets)
-from landscape.multilevel import MultilevelMeasure, SampleStore, samples_path
-from landscape.checkpoint import build_model, load_checkpoint
-from landscape.cpu import set_threads
-from landscape.data import check_normalization, load_dataset, resolve_normalization
+from landscape.sampling.multilevel import MultilevelMeasure, SampleStore, samples_path
+from landscape.sources.checkpoint import build_model, load_checkpoint
+from landscape.engine.threads import set_threads
+from landscape.sources.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
                                   make_directions, random_direction, save_directions, target_tensors)
 from landscape.errors import LandscapeError
 from landscape.engine import EngineOptions, prepare_engine
-from landscape.evaluate import Evaluator, PointSetter, default_batch_size, get_loss, input_layout
-from landscape.hardware import auto_note, resolve_precision
+from landscape.engine.evaluate import Evaluator, PointSetter, default_batch_size, get_loss, input_layout
+from landscape.engine.hardware import auto_note, resolve_precision
 from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
 from landscape.grid import Axis, Grid
 from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
@@ -444,17 +444,17 @@ class SurfaceJob:
     progress: bool = True
     bn_recompute: bool = False  # re-estimate BN running statistics at every point (train split)
     bn_samples: int | None = None  # samples for that; None: --n-samples, else the whole split
-    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | auto (landscape.hardware)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | auto (landscape.engine.hardware)
     fold_bn: bool = True  # fold BatchNorm where exact
     compile: bool = False
     compile_mode: str | None = None  # torch.compile's mode (with compile)
     cuda_fuse: bool = False  # CUDA: conv + ReLU (+ residual) as one cuDNN call (EngineOptions.cuda_fuse)
     cudnn_benchmark: bool = False  # CUDA: cuDNN picks its fastest algorithms per batch shape
-    points_per_launch: int = 1  # K > 1: K points in each forward pass (landscape.multipoint)
-    threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use (landscape.cpu)
+    points_per_launch: int = 1  # K > 1: K points in each forward pass (landscape.engine.multipoint)
+    threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use (landscape.engine.threads)
     shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
     flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
-    # error bars and adaptive sampling (landscape.adaptive): None = exact means over the whole set
+    # error bars and adaptive sampling (landscape.sampling.adaptive): None = exact means over the whole set
     sampling: SamplingPlan | None = None
 
 
@@ -677,7 +677,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
                          f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
         bn_samples = None
         if job.bn_recompute:
-            from landscape.bn import BNRecomputeSetter
+            from landscape.engine.bn import BNRecomputeSetter
 
             bx = load_dataset(dataset, "train", job.data_root, job.bn_samples or job.n_samples, job.seed).x.to(device)
             if normalization is not None:
@@ -701,7 +701,7 @@ def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
     if bn_samples is not None:  # only when on, so files made before the option still resume
         settings["bn_recompute"] = {"samples": bn_samples}
     measures = evaluators
-    if job.sampling is not None:  # error bars (a fixed subset) or adaptive sampling: landscape.adaptive
+    if job.sampling is not None:  # error bars (a fixed subset) or adaptive sampling: landscape.sampling.adaptive
         settings["sampling"] = job.sampling.settings()
         for ev in evaluators.values():
             if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk

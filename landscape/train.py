@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from landscape.data import Normalization, TensorData
+from landscape.sources.data import Normalization, TensorData
 from landscape.errors import LandscapeError
 from landscape.optim import CalibratedAdam
 

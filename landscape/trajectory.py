@@ -34,7 +34,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from landscape.checkpoint import _unwrap, load_checkpoint, save_checkpoint
+from landscape.sources.checkpoint import _unwrap, load_checkpoint, save_checkpoint
 from landscape.directions import IGNORES, Directions, target_tensors
 from landscape.errors import LandscapeError
 from landscape.grid import Axis

@@ -33,15 +33,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from landscape import fold  # noqa: E402
-from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
-from landscape.cpu import set_threads  # noqa: E402
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.engine import fold  # noqa: E402
+from landscape.sources.checkpoint import build_model, load_checkpoint  # noqa: E402
+from landscape.engine.threads import set_threads  # noqa: E402
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import DirectionSpec, make_directions, target_tensors  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.engine import EngineOptions, prepare_engine  # noqa: E402
-from landscape.evaluate import Evaluator, PointSetter, default_batch_size, keep_freed_memory  # noqa: E402
-from landscape.hardware import describe, device_info, resolve_precision  # noqa: E402
+from landscape.engine.evaluate import Evaluator, PointSetter, default_batch_size, keep_freed_memory  # noqa: E402
+from landscape.engine.hardware import describe, device_info, resolve_precision  # noqa: E402
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 
@@ -70,7 +70,7 @@ MODES = {
                                            compile_mode="max-autotune-no-cudagraphs"),
     "compile-bf16-cudagraphs": EngineOptions(precision="bf16", fold_bn=True, compile=True,
                                              compile_mode="reduce-overhead"),
-    # K points per launch (landscape.multipoint; folded, unfused, autocast): benchmark only until it wins
+    # K points per launch (landscape.engine.multipoint; folded, unfused, autocast): benchmark only until it wins
     "fp32-vmap4": EngineOptions(precision="fp32", fold_bn=True, fuse=False),
     "bf16-vmap4": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
     "bf16-vmap8": EngineOptions(precision="bf16", fold_bn=True, fuse=False),
@@ -346,7 +346,7 @@ def run_stream(case: str, ks: list[int], points: int, repeats: int, device, n, b
     (reading and decoding, measured around each fetch) over the points; it falls like 1/K. The
     resident loop on the same decoded samples gives the compute alone.
     """
-    from landscape.stream import StreamEvaluator
+    from landscape.engine.stream import StreamEvaluator
 
     model, x, y = make_case(case, device, n)
     ds = _DecodedImages(x, y)
@@ -460,7 +460,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", default=None, metavar="N|auto",
                    help="torch CPU threads (default: torch's, one per core); auto: what plot_surface.py chooses "
-                        "(landscape.cpu: the idle cores)")
+                        "(landscape.engine.threads: the idle cores)")
     p.add_argument("--busy", type=int, default=0, metavar="N",
                    help="keep N cores busy with other processes during the run (busy loops), as other jobs would")
     p.add_argument("--device", default="auto")

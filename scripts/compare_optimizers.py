@@ -22,13 +22,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import landscape  # noqa: E402
-from landscape.cpu import set_threads  # noqa: E402
-from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
-from landscape.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.engine.threads import set_threads  # noqa: E402
+from landscape.sources.checkpoint import build_model, load_checkpoint  # noqa: E402
+from landscape.sources.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.directions import save_directions  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
-from landscape.plot import save_figure  # noqa: E402
+from landscape.plot.surface import save_figure  # noqa: E402
 from landscape.surface import SurfaceJob, resolve_device, run_job  # noqa: E402
 from landscape.train import TrainConfig  # noqa: E402
 from landscape.trajectory import (DEFAULT_RUNS, Path2D, covering_axes, run_statistics, train_runs,  # noqa: E402

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from landscape.analysis import THRESHOLD, stats_table_markdown, surface_stats  # noqa: E402
-from landscape.data import DATASETS  # noqa: E402
+from landscape.sources.data import DATASETS  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import SurfaceJob, run_job  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if archs.count(r["model"]) > 1:  # the same architecture twice: tell the rows apart
             r["model"] = f"{r['model']} ({Path(r['checkpoint']).stem})"
 
-    from landscape.plot import comparison_figure, save_figure  # matplotlib only when drawing
+    from landscape.plot.surface import comparison_figure, save_figure  # matplotlib only when drawing
 
     titles = [r["model"] if r["center_acc"] is None else f"{r['model']} (train acc {100 * r['center_acc']:.1f} %)"
               for r in rows]

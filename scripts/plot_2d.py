@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.plot import has_display, plot_surface_figures, surface_figures  # noqa: E402
+from landscape.plot.surface import has_display, plot_surface_figures, surface_figures  # noqa: E402
 from landscape.storage import read_surface  # noqa: E402
 
 EXAMPLE = """example:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
+from landscape.sources.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import LOSSES  # noqa: E402
+from landscape.engine.evaluate import LOSSES  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
-from landscape.hessian import AXIS_KINDS, HVP_METHODS, SCALES  # noqa: E402
+from landscape.hessian.operator import AXIS_KINDS, HVP_METHODS, SCALES  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_hessian_eig.py                 # embedded default (digits ResNet-20), ~1.5 min on 2 cores
@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_job(args: argparse.Namespace):
-    from landscape.hessian_job import HessianJob
+    from landscape.hessian.job import HessianJob
 
     if args.no_map:
         x = y = None
@@ -174,9 +174,9 @@ def _titles(args: argparse.Namespace, paths: list[str]) -> list[str]:
 
 def compare(args: argparse.Namespace) -> int:
     """Figures from stored files only."""
-    from landscape.hessian_job import load_spectrum, ratio_stats
-    from landscape.hessian_plot import ratio_comparison, spectrum_figure
-    from landscape.plot import save_figure
+    from landscape.hessian.job import load_spectrum, ratio_stats
+    from landscape.plot.curvature import ratio_comparison, spectrum_figure
+    from landscape.plot.surface import save_figure
     from landscape.storage import read_surface
 
     if args.compare:
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv else EMBEDDED)
     if args.compare or args.compare_spectra:
         return compare(args)
-    from landscape.hessian_job import ratio_stats, run_hessian_job
+    from landscape.hessian.job import ratio_stats, run_hessian_job
     from landscape.surface import Interrupted
 
     job = build_job(args)
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if surf.done.any():
             print(f"|min/max|:  {ratio_stats(surf).line()}")
     if args.plot:
-        from landscape.hessian_plot import map_figure, spectrum_figure
-        from landscape.plot import save_figure
+        from landscape.plot.curvature import map_figure, spectrum_figure
+        from landscape.plot.surface import save_figure
 
         paths = []
         if surf is not None and surf.done.any():

@@ -20,16 +20,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
+from landscape.sources.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.evaluate import LOSSES, keep_freed_memory  # noqa: E402
-from landscape.hardware import PRECISION_CHOICES  # noqa: E402
+from landscape.engine.evaluate import LOSSES, keep_freed_memory  # noqa: E402
+from landscape.engine.hardware import PRECISION_CHOICES  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
-from landscape.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
-from landscape.adaptive import SamplingPlan  # noqa: E402
+from landscape.sources.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
+from landscape.sampling.adaptive import SamplingPlan  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"surface:    {result.surf_file}  ({status})")
     print(f"directions: {result.dir_file}")
     if args.plot or not argv:
-        from landscape.plot import plot_surface_figures
+        from landscape.plot.surface import plot_surface_figures
 
         stem = result.surf_file.with_suffix("")
         metrics = ["train_loss"] if "train" in job.splits else ["test_loss"]

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.checkpoint import build_model, load_checkpoint  # noqa: E402
-from landscape.data import DATASETS  # noqa: E402
+from landscape.sources.checkpoint import build_model, load_checkpoint  # noqa: E402
+from landscape.sources.data import DATASETS  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, save_directions  # noqa: E402
 from landscape.errors import exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
-from landscape.plot import save_figure  # noqa: E402
+from landscape.plot.surface import save_figure  # noqa: E402
 from landscape.surface import SurfaceJob, run_job  # noqa: E402
 from landscape.trajectory import (Path2D, covering_axes, project_trajectory, snapshot_paths,  # noqa: E402
                                   trajectory_figure, trajectory_pca, write_projection)

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landscape.errors import exit_on_error  # noqa: E402
-from landscape.plot import save_figure  # noqa: E402
+from landscape.plot.surface import save_figure  # noqa: E402
 from landscape.toy import FIGURES  # noqa: E402
 
 EXAMPLE = "example:\n  python scripts/toy_optimizers.py --out docs"

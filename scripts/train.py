@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import landscape  # noqa: E402
-from landscape.checkpoint import save_checkpoint  # noqa: E402
-from landscape.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.sources.checkpoint import save_checkpoint  # noqa: E402
+from landscape.sources.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
 from landscape.errors import exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
@@ -88,7 +88,7 @@ def update_manifest(path: Path, entry: dict) -> None:
 
 
 def _stats(x):
-    from landscape.data import Normalization
+    from landscape.sources.data import Normalization
     dims = (0, 2, 3)
     return Normalization(tuple(x.mean(dims).tolist()), tuple(x.std(dims).tolist()))
 

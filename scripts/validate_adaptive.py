@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from landscape.adaptive import (SamplingPlan, estimate, forwards_used, sample_order, set_size,  # noqa: E402
+from landscape.sampling.adaptive import (SamplingPlan, estimate, forwards_used, sample_order, set_size,  # noqa: E402
                                 stratified_order)
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis, Grid  # noqa: E402
@@ -179,7 +179,7 @@ def fixed_n_coverage(values: np.ndarray, n: int, reps: int, rng: np.random.Gener
 
 def per_sample(model, x, y, loss_fn, batch: int, precision: str, device) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample losses (float64) and hits (0/1) of the whole set at the model's current weights."""
-    from landscape.evaluate import eval_mode
+    from landscape.engine.evaluate import eval_mode
 
     vals, hits = [], []
     with eval_mode(device, precision):
@@ -191,11 +191,11 @@ def per_sample(model, x, y, loss_fn, batch: int, precision: str, device) -> tupl
 
 
 def check_points(args: argparse.Namespace) -> dict:
-    from landscape.checkpoint import build_model, load_checkpoint
-    from landscape.data import load_dataset, resolve_normalization
+    from landscape.sources.checkpoint import build_model, load_checkpoint
+    from landscape.sources.data import load_dataset, resolve_normalization
     from landscape.directions import DirectionSpec, load_directions, make_directions, target_tensors
     from landscape.engine import EngineOptions, prepare_engine
-    from landscape.evaluate import cross_entropy
+    from landscape.engine.evaluate import cross_entropy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -513,7 +513,7 @@ def orders_figure(runs: list[tuple[dict, dict]], orders: dict, args: argparse.Na
     coverage per band: each run's, pooled, and pooled with the precision allowance."""
     from matplotlib.figure import Figure
 
-    from landscape.plot import save_figure
+    from landscape.plot.surface import save_figure
 
     a = runs[0][1]
     fig = Figure(figsize=(11, 4.6), layout="constrained")
@@ -550,7 +550,7 @@ def comparison(ad, ref, args: argparse.Namespace, tol: float | None, out: dict) 
     """Full contour | adaptive contour | |difference| in units of T, where the full loss < vmax."""
     from matplotlib.figure import Figure
 
-    from landscape.plot import contour, sampling_summary, save_figure
+    from landscape.plot.surface import contour, sampling_summary, save_figure
 
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     contour(ref, "train_loss", args.vmin, args.vmax, args.vlevel, ax=fig.add_subplot(1, 3, 1))

@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from landscape.checkpoint import save_checkpoint
+from landscape.sources.checkpoint import save_checkpoint
 from landscape.models import get_model
 
 ROOT = Path(__file__).resolve().parents[1]

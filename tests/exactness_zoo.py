@@ -31,7 +31,7 @@ import landscape as ll  # noqa: E402
 from landscape.engine import EngineOptions  # noqa: E402
 from landscape.grid import Grid  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
-from landscape.hardware import is_native  # noqa: E402
+from landscape.engine.hardware import is_native  # noqa: E402
 
 REL = 1e-6  # fp32 paths: relative difference of the mean loss allowed against plain evaluation
 BF16_REL = 1e-2  # bf16: its rounding (measured here: at most 2.3e-3; the engine stores its error at the center)
@@ -570,7 +570,7 @@ def table() -> str:
                 cells.append(f"exact ({o.rel:.0e})" if o.exact(p) else f"**WRONG {o.rel:.1e}**")
         lines.append(f"| {case.name} | {fold_summary(case)} | " + " | ".join(cells) + " |")
     from landscape.engine import compile_refusal
-    from landscape.hardware import describe, device_info
+    from landscape.engine.hardware import describe, device_info
 
     compiled = "compile: refused on the CPU with this torch" if compile_refusal(torch.device("cpu")) else ""
     foot = (f"\n{describe(device_info('cpu'))}, torch {torch.__version__}: bf16 "

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.adaptive import (SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, order_path,
+from landscape.sampling.adaptive import (SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, order_path,
                                 sample_order)
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, PointSetter
+from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis
 from landscape.surface import SurfaceJob, run_job
 
@@ -133,7 +133,7 @@ def digits300():
 
 
 def test_tolerance_zero_equals_the_exact_evaluation_bit_for_bit(digits_ckpt, digits300) -> None:
-    from landscape.checkpoint import build_model, load_checkpoint
+    from landscape.sources.checkpoint import build_model, load_checkpoint
 
     model, _, _ = build_model(load_checkpoint(digits_ckpt))
     x, y = digits300
@@ -206,7 +206,7 @@ def test_mean_se_edge_cases() -> None:
 
 
 def test_sampled_surface_figures(tmp_path) -> None:
-    from landscape.plot import plot_surface_figures
+    from landscape.plot.surface import plot_surface_figures
     from landscape.storage import Surface
 
     surf = Surface(x=np.linspace(-1, 1, 5), y=np.linspace(-1, 1, 4))
@@ -241,7 +241,7 @@ def test_a_few_heavy_samples_keep_the_point_going() -> None:
 
 
 def test_stratified_order_holds_every_stratum_in_every_round() -> None:
-    from landscape.adaptive import stratified_order
+    from landscape.sampling.adaptive import stratified_order
 
     key = torch.randn(1003, generator=torch.Generator().manual_seed(1))
     k = 16
@@ -264,7 +264,7 @@ def test_stratified_order_holds_every_stratum_in_every_round() -> None:
 def test_stratified_order_is_unbiased_and_its_prefixes_vary_less() -> None:
     """Every sample is equally likely at every position (chi-square over 4,000 seeded orders), so a
     prefix mean is unbiased; with a key that explains the values its variance falls."""
-    from landscape.adaptive import stratified_order
+    from landscape.sampling.adaptive import stratified_order
 
     n, k, reps = 22, 4, 4000  # 5 per stratum, 2 left over
     key = torch.arange(n, dtype=torch.float64)
@@ -311,8 +311,8 @@ def test_stratified_job_records_its_order_and_resumes_bit_for_bit(digits_ckpt, t
 
 
 def test_stratified_tolerance_zero_is_the_exact_mean_of_the_reordered_set(digits_ckpt, digits300) -> None:
-    from landscape.adaptive import center_values, stratify
-    from landscape.checkpoint import build_model, load_checkpoint
+    from landscape.sampling.adaptive import center_values, stratify
+    from landscape.sources.checkpoint import build_model, load_checkpoint
 
     model, _, _ = build_model(load_checkpoint(digits_ckpt))
     x, y = digits300

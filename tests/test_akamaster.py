@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from landscape.checkpoint import KNOWN_CHECKPOINTS, build_model, load_checkpoint, sha256_file
-from landscape.data import IMAGENET_NORMALIZATION, Normalization, load_dataset
+from landscape.sources.checkpoint import KNOWN_CHECKPOINTS, build_model, load_checkpoint, sha256_file
+from landscape.sources.data import IMAGENET_NORMALIZATION, Normalization, load_dataset
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator
+from landscape.engine.evaluate import Evaluator
 from landscape.storage import read_surface
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

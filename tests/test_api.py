@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 import landscape as ll
-from landscape.checkpoint import build_model, load_checkpoint
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.checkpoint import build_model, load_checkpoint
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.errors import LandscapeError
 from landscape.storage import read_surface

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.checkpoint import save_checkpoint
+from landscape.sources.checkpoint import save_checkpoint
 from landscape.directions import DirectionSpec, make_directions, save_directions, target_tensors
 from landscape.models import get_model
 from landscape.storage import read_surface, write_surface

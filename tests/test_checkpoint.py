@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.checkpoint import KNOWN_CHECKPOINTS, build_model, load_checkpoint, save_checkpoint, sha256_file
+from landscape.sources.checkpoint import KNOWN_CHECKPOINTS, build_model, load_checkpoint, save_checkpoint, sha256_file
 from landscape.errors import LandscapeError
 from landscape.models import get_model
 

@@ -172,7 +172,7 @@ def test_subprocess_error_is_one_line(tmp_path: Path) -> None:
 def test_bn_recompute_is_wired_through_the_cli(plot_surface, capsys, digits_ckpt: Path,
                                                                 tmp_path: Path) -> None:
     """--bn-recompute is wired through: recorded in the settings, noted, and it changes the values."""
-    from landscape.checkpoint import load_checkpoint, save_checkpoint, build_model
+    from landscape.sources.checkpoint import load_checkpoint, save_checkpoint, build_model
 
     model, _, _ = build_model(load_checkpoint(digits_ckpt))
     torch.manual_seed(5)
@@ -194,9 +194,9 @@ def test_bn_recompute_is_wired_through_the_cli(plot_surface, capsys, digits_ckpt
 
 def test_plane_through_three_checkpoints(plot_surface, digits_ckpt: Path, tmp_path: Path) -> None:
     """--model_file2/3: (0,0), (1,0) and (0,1) are the three checkpoints themselves."""
-    from landscape.checkpoint import build_model, load_checkpoint, save_checkpoint
-    from landscape.data import DEFAULT_NORMALIZATION, load_dataset
-    from landscape.evaluate import Evaluator
+    from landscape.sources.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
+    from landscape.engine.evaluate import Evaluator
 
     base = load_checkpoint(digits_ckpt)
     paths = [digits_ckpt]

@@ -15,10 +15,10 @@ matplotlib.use("Agg")
 
 from matplotlib.contour import ContourSet  # noqa: E402
 
-from landscape.checkpoint import save_checkpoint  # noqa: E402
+from landscape.sources.checkpoint import save_checkpoint  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.models import get_model  # noqa: E402
-from landscape.plot import comparison_figure  # noqa: E402
+from landscape.plot.surface import comparison_figure  # noqa: E402
 from landscape.storage import Surface, read_surface, write_surface  # noqa: E402
 
 ROW_KEYS = {"model", "checkpoint", "surface", "center_loss", "center_acc", "neg_curvature_fraction",

@@ -1,4 +1,4 @@
-"""The default CPU thread count (landscape.cpu): quota, ranks per node, and idle cores."""
+"""The default CPU thread count (landscape.engine.threads): quota, ranks per node, and idle cores."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from landscape import cpu
+from landscape.engine import threads as cpu
 
 STAT = """cpu  400 0 200 1000 100 0 0 0 0 0
 cpu0 100 0 50 500 50 0 0 0 0 0

@@ -16,8 +16,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-import landscape.data as data_module
-from landscape.data import (DATASETS, DEFAULT_NORMALIZATION, IMAGENET_NORMALIZATION, JPEG_ARCHIVES, NORMALIZATIONS,
+import landscape.sources.data as data_module
+from landscape.sources.data import (DATASETS, DEFAULT_NORMALIZATION, IMAGENET_NORMALIZATION, JPEG_ARCHIVES, NORMALIZATIONS,
                             Normalization, cache_dir, check_normalization, jpeg_cache_path, load_dataset,
                             resolve_normalization)
 from landscape.errors import LandscapeError

@@ -167,10 +167,10 @@ WORKER = textwrap.dedent('''
     """A gloo rank computing a surface of a linear model; rank 1 fails at its third point."""
     import sys
     import torch, torch.nn as nn
-    from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+    from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
     from landscape.directions import DirectionSpec, make_directions, target_tensors
     from landscape.distributed import Group, dist_info
-    from landscape.evaluate import Evaluator, PointSetter
+    from landscape.engine.evaluate import Evaluator, PointSetter
     from landscape.grid import Axis, Grid
     from landscape.surface import compute_surface
 

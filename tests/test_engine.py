@@ -9,10 +9,10 @@ import torch.fx
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.engine import EngineOptions, compile_refusal, prepare_engine
-from landscape.evaluate import Evaluator, input_layout, use_channels_last
+from landscape.engine.evaluate import Evaluator, input_layout, use_channels_last
 from landscape.errors import LandscapeError
-from landscape.fold import fold_batchnorm
-from landscape.hardware import is_native
+from landscape.engine.fold import fold_batchnorm
+from landscape.engine.hardware import is_native
 
 NATIVE_BF16 = is_native("bf16", "cpu")
 CPU_COMPILE_REFUSAL = compile_refusal(torch.device("cpu"))
@@ -166,7 +166,7 @@ def test_fusion_leaves_other_patterns_alone():
     """Only a convolution whose one user is a ReLU, or an addition of a tensor of its own shape
     followed by a ReLU, is fused; not a broadcasting addition, not `other += conv(x)` (which
     writes `other`), not a subclass of Conv2d or a hooked one."""
-    from landscape.fold import conv_add_relu, fuse_conv_activation, propagate_shapes
+    from landscape.engine.fold import conv_add_relu, fuse_conv_activation, propagate_shapes
 
     class Standardized(torch.nn.Conv2d):  # weight standardization: its forward is not Conv2d's
         def forward(self, x):
@@ -228,7 +228,7 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
     """With BN folded, a ResNet runs with bf16 weights and no autocast: bit for bit the loss that
     autocast gives on the float32 folded model at every point (compiled: within bf16 rounding, as
     inductor fuses the elementwise ops differently), and restore brings the bf16 weights back."""
-    from landscape.evaluate import CastPointSetter, LowPrecisionModel
+    from landscape.engine.evaluate import CastPointSetter, LowPrecisionModel
 
     model = bn_model()
     x, y = data(64)
@@ -259,7 +259,7 @@ def test_bf16_weights_compute_what_autocast_computes(compile_):
 
 
 def test_a_bf16_copy_takes_and_returns_float32_through_tuples_and_dicts():
-    from landscape.evaluate import LowPrecisionModel
+    from landscape.engine.evaluate import LowPrecisionModel
 
     class TwoInputs(torch.nn.Module):
         def __init__(self):
@@ -298,7 +298,7 @@ def test_bf16_keeps_autocast_for_models_with_normalization_layers():
     torch.manual_seed(0)
     norm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
                                torch.nn.Linear(32, 10)).eval()
-    from landscape.evaluate import stores_in_low_precision
+    from landscape.engine.evaluate import stores_in_low_precision
     assert not stores_in_low_precision(norm)
     assert stores_in_low_precision(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.ReLU()))
 
@@ -340,7 +340,7 @@ def test_cuda_fused_convolutions_compute_what_the_folded_model_computes(name, ex
     the unfused folded model's at three points (fp32 with TF32 off, to 1e-5) and within bf16
     rounding in bf16; with cuDNN's benchmark mode too. CIFAR-shaped (3x32x32, channels_last as a
     surface job runs it); only a convolution of fewer than 16 input channels may fall back."""
-    from landscape import fold
+    from landscape.engine import fold
 
     model = bn_model(name, in_channels=3).cuda()
     g = torch.Generator().manual_seed(1)
@@ -371,7 +371,7 @@ def test_a_failed_fused_cudnn_call_falls_back_to_the_unfused_ops(monkeypatch):
     """cuDNN builds fused kernels at run time and may have none for a shape: the first failure of
     a kind of call is warned about once, and that call and later ones of its kind compute
     unfused, while other kinds stay fused."""
-    from landscape import fold
+    from landscape.engine import fold
 
     monkeypatch.setattr(fold, "CUDNN_FUSION_FAILED", {})
     calls = []
@@ -393,7 +393,7 @@ def test_a_failed_fused_cudnn_call_falls_back_to_the_unfused_ops(monkeypatch):
 def test_cudnn_benchmark_mode_holds_for_the_call_only():
     """CudnnBenchmark runs its module with torch.backends.cudnn.benchmark on and restores the
     process's setting after the call, also when the call raises; the surface is the module's."""
-    from landscape.evaluate import CudnnBenchmark, _unwrapped
+    from landscape.engine.evaluate import CudnnBenchmark, _unwrapped
 
     seen = []
 
@@ -481,7 +481,7 @@ class FlattenByView(torch.nn.Module):
 
 
 def test_cpu_batch_size_follows_the_activation_budget():
-    from landscape.evaluate import (CPU_ACTIVATION_BUDGET, CPU_BATCH_MAX, CPU_BATCH_MAX_BF16, DEFAULT_BATCH,
+    from landscape.engine.evaluate import (CPU_ACTIVATION_BUDGET, CPU_BATCH_MAX, CPU_BATCH_MAX_BF16, DEFAULT_BATCH,
                                     default_batch_size)
 
     cifar = get_model("resnet20", num_classes=10, in_channels=3).eval()
@@ -506,7 +506,7 @@ def test_cpu_batch_size_follows_the_activation_budget():
 
 
 def test_channels_last_is_used_where_the_model_takes_it_and_changes_nothing_but_rounding():
-    from landscape.evaluate import input_layout, use_channels_last
+    from landscape.engine.evaluate import input_layout, use_channels_last
 
     x, y = data()
     plain = bn_model()
@@ -530,7 +530,7 @@ def test_channels_last_is_used_where_the_model_takes_it_and_changes_nothing_but_
 
 
 def test_channels_last_probe_keeps_train_mode():
-    from landscape.evaluate import use_channels_last
+    from landscape.engine.evaluate import use_channels_last
 
     model = bn_model().train()
     x, _ = data()
@@ -555,7 +555,7 @@ def test_keep_freed_memory_stops_refaulting_freed_activations(tmp_path):
     script = tmp_path / "faults.py"
     script.write_text(
         "import ctypes, resource, sys, torch\n"
-        "from landscape.evaluate import keep_freed_memory\n"
+        "from landscape.engine.evaluate import keep_freed_memory\n"
         "if sys.argv[1] == 'keep':\n"
         "    kept = keep_freed_memory()\n"
         "else:\n"
@@ -591,7 +591,7 @@ def test_out_of_memory_halves_the_batch_and_retries():
     size halves until the work fits, and at batch size 1 the error is raised."""
     from types import SimpleNamespace
 
-    from landscape.evaluate import retry_halving_batch
+    from landscape.engine.evaluate import retry_halving_batch
 
     owner, tried = SimpleNamespace(batch_size=8), []
 

@@ -14,7 +14,7 @@ from exactness_zoo import (BATCH, BF16_REL, CASES, COMPILED, PATHS, REL, ZOO, Ca
 from landscape.engine import compile_refusal
 from landscape.errors import LandscapeError
 from landscape.grid import Grid
-from landscape.hardware import is_native
+from landscape.engine.hardware import is_native
 
 NATIVE_BF16 = is_native("bf16", "cpu")
 # the refusals the harness expects: (model, path) -> a part of the message; any other refusal fails
@@ -82,7 +82,7 @@ def test_the_zoo_covers_what_was_asked():
 def test_the_seen_cases_were_wrong_before_and_are_exact_now():
     """The issue's numbers came from folding at every call site without proof (one fold per site, as
     the earlier engine did): that is far off plain evaluation on these models; the engine is exact."""
-    from landscape.fold import scale_out_channels
+    from landscape.engine.fold import scale_out_channels
 
     def blind_fold(model, sites):
         with torch.no_grad():
@@ -110,7 +110,7 @@ def test_the_seen_cases_were_wrong_before_and_are_exact_now():
 
 
 def test_a_training_mode_batchnorm_is_never_folded():
-    from landscape.fold import capture_calls, plan_folds
+    from landscape.engine.fold import capture_calls, plan_folds
 
     model = build(CASES["tuple_output"])
     model.bn2.train()

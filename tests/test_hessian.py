@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, hessian
 
 from landscape.directions import DirectionSpec, make_directions, target_tensors
-from landscape.evaluate import PointSetter
+from landscape.engine.evaluate import PointSetter
 from landscape.grid import Axis, Grid
-from landscape.hessian import (CurvatureMeasure, HessianOperator, compute_spectrum, curvature_directions, eig_ratio,
+from landscape.hessian.operator import (CurvatureMeasure, HessianOperator, compute_spectrum, curvature_directions, eig_ratio,
                                extreme_eigs, hutchinson_trace, lanczos, spectral_density, vflatten, vunflatten)
 from landscape.storage import read_surface
 from landscape.surface import compute_surface
@@ -296,7 +296,7 @@ def test_script_map_spectrum_plots_resume_and_compare(hessian_script, digits_ckp
 
 
 def test_plots_of_a_1d_map(tmp_path):
-    from landscape.hessian_plot import map_figure
+    from landscape.plot.curvature import map_figure
     from landscape.storage import Surface
 
     surf = Surface(x=np.linspace(-1, 1, 5), y=None)
@@ -342,7 +342,7 @@ def test_the_hessian_takes_the_surfaces_loss_convention(kind):
     batch mean weighted by its batch size (batches of 4, 4 and 2 here); trailing dimensions averaged
     per sample. The Hessian operator equals the dense Hessian of the surface's mean loss, written here
     as the mean over samples of each sample's loss (averaged over its tokens)."""
-    from landscape.evaluate import Evaluator
+    from landscape.engine.evaluate import Evaluator
 
     g = torch.Generator().manual_seed(3)
     if kind == "per_token":

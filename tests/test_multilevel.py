@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.adaptive import MULTILEVEL_SCHEME, SamplingPlan, forwards_used
+from landscape.sampling.adaptive import MULTILEVEL_SCHEME, SamplingPlan, forwards_used
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, PointSetter
+from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
-from landscape.multilevel import (PARENT_VMAX, Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride,
+from landscape.sampling.multilevel import (PARENT_VMAX, Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride,
                                   level_share, samples_path)
 from landscape.surface import SurfaceJob, compute_surface, run_job
 

@@ -1,4 +1,4 @@
-"""K grid points per launch (landscape.multipoint) give the one-point loop's values."""
+"""K grid points per launch (landscape.engine.multipoint) give the one-point loop's values."""
 
 import pytest
 import torch
@@ -6,9 +6,9 @@ import torch
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.errors import LandscapeError
 from landscape.engine import EngineOptions, prepare_engine
-from landscape.evaluate import Evaluator
+from landscape.engine.evaluate import Evaluator
 from landscape.losses import get_loss
-from landscape.multipoint import MultiPointEvaluator
+from landscape.engine.multipoint import MultiPointEvaluator
 from test_engine import POINTS, bn_model, data
 
 MORE = [(0.1, 0.1), (0.0, -0.4)]  # five points: two passes of three
@@ -91,7 +91,7 @@ def test_cuda_k_points_per_launch_equal_one_point_at_a_time(cudnn_benchmark):
     """On CUDA (3x32x32, channels_last as a surface job runs it), K points per launch give the
     one-point loop's values: fp32 with TF32 off to 1e-5, bf16 within its rounding; in cuDNN's
     benchmark mode too, and the process's benchmark setting is left as it was."""
-    from landscape.evaluate import input_layout, use_channels_last
+    from landscape.engine.evaluate import input_layout, use_channels_last
 
     model = bn_model("resnet20", in_channels=3).cuda()
     g = torch.Generator().manual_seed(1)

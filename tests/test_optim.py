@@ -77,7 +77,7 @@ def test_weight_decay_is_l2_added_to_the_gradient():
 
 
 def test_trains_a_digits_classifier_from_the_training_loop():
-    from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+    from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
     from landscape.train import TrainConfig, train
     tr = load_dataset("digits", "train", n_samples=256, seed=0)
     norm = DEFAULT_NORMALIZATION["digits"]

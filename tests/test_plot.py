@@ -15,7 +15,7 @@ import pytest
 matplotlib.use("Agg")
 
 from landscape.errors import LandscapeError  # noqa: E402
-from landscape.plot import contour, heatmap, line1d, plot_surface_figures, surface3d  # noqa: E402
+from landscape.plot.surface import contour, heatmap, line1d, plot_surface_figures, surface3d  # noqa: E402
 from landscape.storage import Surface, read_surface, write_surface  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

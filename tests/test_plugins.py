@@ -9,7 +9,7 @@ import torch
 
 import landscape as ll
 from landscape.errors import LandscapeError
-from landscape.plugins import build_model, load_symbol, parse_kwargs
+from landscape.sources.plugins import build_model, load_symbol, parse_kwargs
 from landscape.storage import read_surface
 
 DEFS = '''

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, PointSetter
+from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
 from landscape.storage import SurfaceLock, lock_path, read_surface
 from landscape.surface import Interrupted, compute_surface

@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import landscape as ll
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, batch_sums
-from landscape.stream import StreamEvaluator
+from landscape.engine.evaluate import Evaluator, batch_sums
+from landscape.engine.stream import StreamEvaluator
 
 GRID = dict(x=ll.Axis(-1, 1, 4), y=ll.Axis(-0.5, 0.5, 3))
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import DirectionSpec, make_directions, target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator, PointSetter, cross_entropy
+from landscape.engine.evaluate import Evaluator, PointSetter, cross_entropy
 from landscape.grid import Axis, Grid
 from landscape.storage import read_surface
 from landscape.surface import compute_surface
@@ -194,7 +194,7 @@ def test_grid_and_directions_must_agree(digits, tmp_path):
 
 def test_mse_loss_matches_the_reference_definition(digits):
     """--loss_name mse: mean over classes of (softmax(logits) - onehot)^2, averaged over samples."""
-    from landscape.evaluate import get_loss
+    from landscape.engine.evaluate import get_loss
 
     model = linear_model(10)
     loss, acc = Evaluator(model, *digits, loss_fn=get_loss("mse"))()

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from landscape.checkpoint import build_model, load_checkpoint
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.checkpoint import build_model, load_checkpoint
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.errors import LandscapeError
 from landscape.models import get_model
 from landscape.train import OPTIMIZERS, TrainConfig, flip_crop, lr_factor, train

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from landscape.checkpoint import build_model, load_checkpoint, save_checkpoint
-from landscape.data import DEFAULT_NORMALIZATION, load_dataset
+from landscape.sources.checkpoint import build_model, load_checkpoint, save_checkpoint
+from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import DirectionSpec, load_directions
 from landscape.errors import LandscapeError
-from landscape.evaluate import Evaluator
+from landscape.engine.evaluate import Evaluator
 from landscape.grid import Axis
 from landscape.surface import SurfaceJob, run_job
 from landscape.trajectory import (covering_axes, path_length, project_trajectory, read_projection, snapshot_paths,
@@ -245,9 +245,9 @@ def bn_net() -> nn.Module:
 
 def test_bn_recompute_on_an_interpolation_path_gives_the_hand_computed_batch_statistics(tmp_path):
     import torch.nn.functional as F
-    from landscape.bn import BNRecomputeSetter
+    from landscape.engine.bn import BNRecomputeSetter
     from landscape.directions import interpolation_direction, target_tensors
-    from landscape.evaluate import PointSetter
+    from landscape.engine.evaluate import PointSetter
     from landscape.surface import compute_surface
     from landscape.grid import Grid
     torch.manual_seed(0)
@@ -305,8 +305,8 @@ def test_bn_recompute_on_an_interpolation_path_gives_the_hand_computed_batch_sta
 
 
 def test_bn_recompute_refuses_a_model_without_batchnorm_and_tiny_batches():
-    from landscape.bn import BNRecomputeSetter, recompute_bn_
-    from landscape.evaluate import PointSetter
+    from landscape.engine.bn import BNRecomputeSetter, recompute_bn_
+    from landscape.engine.evaluate import PointSetter
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     setter = PointSetter(list(net.parameters()), [[torch.zeros_like(p) for p in net.parameters()]])
     with pytest.raises(LandscapeError, match="no BatchNorm|has none"):

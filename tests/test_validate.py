@@ -123,7 +123,7 @@ def test_values_with_stratified_orders(validate, tmp_path) -> None:
     covered more often), and the single run's order is the job's (stratified_order with its seed)."""
     import torch
 
-    from landscape.adaptive import stratified_order
+    from landscape.sampling.adaptive import stratified_order
 
     rng = np.random.default_rng(0)
     center = rng.exponential(size=2000) ** 2  # skewed, as near a minimum

@@ -67,7 +67,7 @@ def recompute_bn_(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> N
 class BNRecomputeSetter:
     """A point setter that re-estimates BN statistics after every move; `restore` brings back the originals.
 
-    Wraps a `landscape.evaluate.PointSetter` (anything with `dirs`, `set`, `restore`) over the
+    Wraps a `landscape.engine.evaluate.PointSetter` (anything with `dirs`, `set`, `restore`) over the
     tensors of `model`, the module the evaluators run (not a BN-folded copy: folding bakes the
     statistics into the weights). `compute_surface` calls `set` once per point, so the
     statistics are re-estimated once per point whatever the number of splits evaluated.

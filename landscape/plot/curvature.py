@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from landscape.errors import LandscapeError
-from landscape.hessian import SpectralDensity, Spectrum, eig_ratio
+from landscape.hessian.operator import SpectralDensity, Spectrum, eig_ratio
 from landscape.storage import Surface
 
 # The reference code's plot_2d_eig_ratio: viridis from 0 (blue: convex) to 0.5 (yellow: strongly non-convex).

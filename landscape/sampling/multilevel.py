@@ -21,7 +21,7 @@ Every estimate is a linear combination of prefix means, sum_t c_t mean_{[0, n_t)
 of per-sample values read in the one common order. For nested prefixes of one random order,
 Cov(mean_{n} X, mean_{m} Y) = Cov(X, Y) / max(n, m), so the estimate's variance is
 sum_{s,t} c_s c_t Cov(ell_{u_s}, ell_{u_t}) / max(n_s, n_t), each covariance taken over the
-common prefix (no finite-population factor, as in `landscape.adaptive`). In a stratified order
+common prefix (no finite-population factor, as in `landscape.sampling.adaptive`). In a stratified order
 (`--stratify`) the same formula is an upper bound: each covariance then counts the part the
 strata remove, and that part adds a positive semidefinite term (the min(1/n_s, 1/n_t) kernel
 times a covariance matrix) to the variance. Level k of levels 0..L
@@ -32,7 +32,7 @@ the cubic reaches past the bracketing points the linear interpolation between th
 whose bound needs the fewest samples (the parents' part of the variance does not shrink as n
 grows, so a stencil with an imprecise parent, e.g. one stopped above vmax, loses to the direct
 mean or to the linear stencil that leaves that parent out); a point that uses the whole set is
-its direct mean (exact, SE 0). The stopping rules of `landscape.adaptive.estimate` apply (tolerance,
+its direct mean (exact, SE 0). The stopping rules of `landscape.sampling.adaptive.estimate` apply (tolerance,
 vmax, low-loss, effective sample size) with one change: a point that has children stops on the
 vmax rule only once its lower bound is above PARENT_VMAX x vmax, if it is a level-0 point or uses
 a control, since children between it and a neighbour below vmax may fall below vmax and need it
@@ -59,7 +59,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
-from landscape.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _round_up, mean_se
+from landscape.sampling.adaptive import MULTILEVEL_SCHEME, Estimate, SamplingPlan, _round_up, mean_se
 from landscape.errors import LandscapeError
 
 # a point with children stops on the vmax rule only once its lower bound is above this many vmax

@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, jvp
 
 from landscape.directions import IGNORES, Directions, random_direction
 from landscape.errors import LandscapeError
-from landscape.evaluate import LossFn, cross_entropy, retry_halving_batch, tf32_mode
+from landscape.engine.evaluate import LossFn, cross_entropy, retry_halving_batch, tf32_mode
 from landscape.losses import per_sample
 
 Vector = list[torch.Tensor]

@@ -258,7 +258,7 @@ def line1d(
 
 def sampling_summary(surf: Surface, metric: str = "train_loss") -> str:
     """One line for a title: the tolerance and the forwards used against a full evaluation."""
-    from landscape.adaptive import forwards_used  # no model code: counts from the surface only
+    from landscape.sampling.adaptive import forwards_used  # no model code: counts from the surface only
 
     split = metric.split("_")[0]
     used, full = forwards_used(surf, split)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
+from landscape.engine.evaluate import (CudnnBenchmark, Evaluator, LossFn, Measures, PointSetter, _unwrapped, batch_sums,
                                 cross_entropy, cudnn_benchmark_mode, eval_mode, retry_halving_batch)
 
 _NO_BATCHING_RULE = "There is a performance drop because we have not yet implemented the batching rule"

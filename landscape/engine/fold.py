@@ -97,7 +97,7 @@ def _first_line(e: BaseException) -> str:
 
 def call_args(model: nn.Module, example: Any) -> tuple[tuple, dict]:
     """(args, kwargs) of `model`'s forward for a batch's inputs: a tensor, a tuple/list of
-    positional inputs, or a dict of keyword inputs (as `landscape.stream.forward` calls it)."""
+    positional inputs, or a dict of keyword inputs (as `landscape.engine.stream.forward` calls it)."""
     if isinstance(example, Mapping):
         return (), dict(example)
     if isinstance(example, (tuple, list)):

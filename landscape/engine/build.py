@@ -26,13 +26,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from landscape import hardware
+from landscape.engine import hardware
 from landscape.directions import target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import (CastPointSetter, CudnnBenchmark, Evaluator, LossFn, LowPrecisionModel, Measures,
+from landscape.engine.evaluate import (CastPointSetter, CudnnBenchmark, Evaluator, LossFn, LowPrecisionModel, Measures,
                                 PointSetter, _device_of, cross_entropy, default_batch_size, eval_mode, input_layout,
                                 map_tensors, stores_in_low_precision, use_channels_last)
-from landscape.fold import call_args, describe_kept, fold_batchnorm, fuse_conv_activation, propagate_shapes
+from landscape.engine.fold import call_args, describe_kept, fold_batchnorm, fuse_conv_activation, propagate_shapes
 
 # The largest difference allowed between an engine's outputs and plain fp32 evaluation, relative
 # to the largest output magnitude. fp32 rewrites change only the rounding (measured: <= 2e-6 on
@@ -54,7 +54,7 @@ class EngineOptions:
     fuse: bool = True  # eager on CPU: conv + ReLU (+ residual) as one oneDNN call where proven exact
     prepack: bool = True  # with fuse: the fused calls' weights reordered for oneDNN once per point
     channels_last: bool | None = None  # NHWC for 4-D inputs; None: where the model accepts it
-    points_per_launch: int = 1  # K > 1: K grid points in one vmapped forward pass (landscape.multipoint)
+    points_per_launch: int = 1  # K > 1: K grid points in one vmapped forward pass (landscape.engine.multipoint)
     # on CUDA, opt-in until scripts/gpu_check.sh shows they pay (BENCHMARKS.md):
     cuda_fuse: bool = False  # eager: conv + ReLU (+ residual) as one cuDNN call
     cudnn_benchmark: bool = False  # cuDNN times its algorithms per batch shape (`CudnnBenchmark`)
@@ -193,7 +193,7 @@ class Engine:
         batch = self.batch_size(x, batch_size) if len(x) else batch_size
         k = self.report.points_per_launch
         if k > 1:
-            from landscape.multipoint import MultiPointEvaluator
+            from landscape.engine.multipoint import MultiPointEvaluator
 
             return MultiPointEvaluator(self.model, self.inputs(x), y, loss_fn, batch, self.precision, metrics, k)
         return Evaluator(self.model, self.inputs(x), y, loss_fn, batch, self.precision, metrics)
@@ -285,7 +285,7 @@ def _engine_outputs(engine_model: nn.Module, setter: PointSetter, inputs: Any, p
                     precision: str, device: torch.device, per_launch: int) -> list[list[torch.Tensor]]:
     try:
         if per_launch > 1:
-            from landscape.multipoint import vmapped_outputs
+            from landscape.engine.multipoint import vmapped_outputs
 
             with eval_mode(device, precision):
                 return [_flat_outputs(o) for o in vmapped_outputs(engine_model, setter, points, inputs)]

@@ -22,14 +22,14 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from landscape.checkpoint import build_model, load_checkpoint
-from landscape.cpu import set_threads
-from landscape.data import check_normalization, load_dataset, resolve_normalization
+from landscape.sources.checkpoint import build_model, load_checkpoint
+from landscape.engine.threads import set_threads
+from landscape.sources.data import check_normalization, load_dataset, resolve_normalization
 from landscape.directions import DirectionSpec, Directions, load_directions, make_directions, save_directions, target_tensors
 from landscape.errors import LandscapeError
-from landscape.evaluate import PointSetter, get_loss
+from landscape.engine.evaluate import PointSetter, get_loss
 from landscape.grid import Axis, Grid
-from landscape.hessian import (AXIS_KINDS, CurvatureMeasure, HessianOperator, SpectralDensity, Spectrum,
+from landscape.hessian.operator import (AXIS_KINDS, CurvatureMeasure, HessianOperator, SpectralDensity, Spectrum,
                                TraceEstimate, compute_spectrum, curvature_directions, eig_ratio)
 from landscape.storage import Surface
 from landscape.surface import compute_surface, default_checkpoint, resolve_device

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from landscape.data import IMAGENET_NORMALIZATION
+from landscape.sources.data import IMAGENET_NORMALIZATION
 from landscape.errors import LandscapeError
 from landscape.models import get_model, list_models
 

@@ -47,7 +47,7 @@ import torch
 
 from landscape.errors import LandscapeError
 
-# how landscape.multilevel builds its estimates (part of a coarse-to-fine file's settings)
+# how landscape.sampling.multilevel builds its estimates (part of a coarse-to-fine file's settings)
 MULTILEVEL_SCHEME = {"interpolation": "cubic", "fallback": "linear", "level_shares": "equal",
                      "control": "the stencil or none that needs the fewest samples",
                      "parents_stop_above_vmax_times": 1.5, "those parents": "level 0 and those with a control"}
@@ -74,7 +74,7 @@ class SamplingPlan:
     ess_min: float = 10.0  # (sum l)^2 / sum l^2 of the sample must reach this before its SE is trusted
     max_growth: float = 4.0  # a step at most multiplies n by this
     seed: int = 0  # of the common sample order
-    multilevel: bool = False  # coarse-to-fine control variates (landscape.multilevel)
+    multilevel: bool = False  # coarse-to-fine control variates (landscape.sampling.multilevel)
     strata: int = 0  # > 0: the order is stratified by the center's per-sample loss (`stratified_order`)
 
     def __post_init__(self) -> None:
@@ -229,7 +229,7 @@ def stratified_order(key: torch.Tensor, strata: int, seed: int) -> torch.Tensor:
     left over (chosen uniformly at random) come last, in random order. Every sample is at each
     position with the same probability, so the mean of any prefix [0, n) is unbiased for the set's
     mean; its variance is the within-stratum part of a random prefix's, and the plain SE s / sqrt(n)
-    (what `estimate` and `landscape.multilevel` report) overstates it by the share of the variance
+    (what `estimate` and `landscape.sampling.multilevel` report) overstates it by the share of the variance
     that `key` explains. With key = the per-sample loss at the center, that share is large near
     the minimum, where a few misclassified images carry the mean and a random prefix may hold too
     many or too few of them for every point of the basin at once.
@@ -417,7 +417,7 @@ class SampledMeasure:
 
 class SampledBlockMeasure(SampledMeasure):
     """A `SampledMeasure` with a plan whose tolerance is None (every point uses the whole set) over
-    an evaluator with `block_sums` (K points per launch, `landscape.multipoint`): `block` gives the
+    an evaluator with `block_sums` (K points per launch, `landscape.engine.multipoint`): `block` gives the
     rows for several points from one pass over the set."""
 
     def __init__(self, evaluator, plan: SamplingPlan, population: int | None = None):

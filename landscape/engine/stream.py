@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from landscape.errors import LandscapeError
-from landscape.evaluate import (PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode,
+from landscape.engine.evaluate import (PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode,
                                 input_layout, map_tensors)
 
 DEFAULT_POINTS_PER_PASS = 8

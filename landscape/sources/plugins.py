@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from landscape.cpu import set_threads
+from landscape.engine.threads import set_threads
 from landscape.errors import LandscapeError
 
 
@@ -185,9 +185,9 @@ def run_plugin_job(job: Any, plugins: PluginJob) -> Any:
 
 def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, dict, Callable, dict | None, Path]:
     """(model, {split: data}, loss, metrics, surface file) for the job."""
-    from landscape.checkpoint import _compare, _describe, _signature, build_model as build_zoo_model, load_checkpoint
-    from landscape.data import load_dataset, resolve_normalization
-    from landscape.evaluate import get_loss
+    from landscape.sources.checkpoint import _compare, _describe, _signature, build_model as build_zoo_model, load_checkpoint
+    from landscape.sources.data import load_dataset, resolve_normalization
+    from landscape.engine.evaluate import get_loss
     from landscape.metrics import accuracy
     from landscape.surface import default_checkpoint
 
