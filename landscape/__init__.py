@@ -13,7 +13,9 @@ The Python API, for any torch.nn.Module, data and loss:
                               x=ll.Axis(-1, 1, 51), y=ll.Axis(-1, 1, 51), seed=0, out="runs/my.h5")
     ll.plot.contour(surf)            # or surf.plot_contour(ax=...)
 
-- compute_surface(model, data, loss, metrics, x=, y=, ...): the surface file (see its help)
+- compute_surface(model, data, loss, metrics, x=, y=, ...): the surface file (see its help);
+  the engine, sampling, data and run settings as frozen configs: EngineOptions, SamplingPlan,
+  DataOptions, RunOptions
 - data: tensors (x, y), a Dataset, a DataLoader or a list of (inputs, targets) batches;
   large or streamed data is read once per block of grid points (landscape.engine.stream)
 - losses: cross_entropy, softmax_mse, squared_error, or any callable (output, targets) ->
@@ -22,8 +24,10 @@ The Python API, for any torch.nn.Module, data and loss:
   load(path); pass them as compute_surface(..., directions=[dx, dy])
 - Axis(min, max, num), read_surface(path), plot (contour, contourf, heatmap, surface3d, line1d)
 
-Modules, in data-flow order: models, data, checkpoint, directions, grid,
-evaluate (and stream), surface (with storage), plot; api ties them for Python callers.
+The spine, in data-flow order: sources (checkpoint, data, plug-ins) -> directions -> engine
+(fold, fuse, precision, evaluate, stream, multipoint) -> sampling -> sweep -> storage -> plot;
+surface.compute_surface ties them, and every door (the API, scripts/plot_surface.py, the
+curvature job) goes through it or its sweep.
 """
 
 __version__ = "0.1.0"
@@ -33,9 +37,12 @@ from landscape.errors import LandscapeError  # noqa: E402
 # The API is imported on first use, so that `import landscape.plot` (re-plotting a file) does not
 # pay for torch: name -> (module, attribute or None for the module itself).
 _LAZY = {
-    "compute_surface": ("landscape.api", "compute_surface"),
+    "compute_surface": ("landscape.surface", "compute_surface"),
     "Axis": ("landscape.grid", "Axis"),
-    "SamplingPlan": ("landscape.sampling.adaptive", "SamplingPlan"),
+    "SamplingPlan": ("landscape.sampling", "SamplingPlan"),
+    "EngineOptions": ("landscape.engine", "EngineOptions"),
+    "DataOptions": ("landscape.config", "DataOptions"),
+    "RunOptions": ("landscape.config", "RunOptions"),
     "Surface": ("landscape.storage", "Surface"),
     "read_surface": ("landscape.storage", "read_surface"),
     "directions": ("landscape.directions", None),

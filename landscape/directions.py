@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ class DirectionSpec:
         for value, allowed, flag in ((self.dir_type, DIR_TYPES, "dir_type"), (self.norm, NORMS, "norm"),
                                      (self.ignore, IGNORES, "ignore")):
             if value not in allowed:
-                raise LandscapeError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+                raise LandscapeError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}", flag)
 
 
 def target_tensors(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
@@ -51,7 +52,7 @@ def target_tensors(model: nn.Module, dir_type: str) -> list[tuple[str, torch.Ten
         return [(n, p.detach()) for n, p in model.named_parameters()]
     if dir_type == "states":
         return list(model.state_dict().items())
-    raise LandscapeError(f"--dir_type must be one of {', '.join(DIR_TYPES)}, got {dir_type!r}")
+    raise LandscapeError(f"dir_type must be one of {', '.join(DIR_TYPES)}, got {dir_type!r}", "dir_type")
 
 
 def normalize_direction_(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
@@ -148,7 +149,7 @@ class Directions:
             raise LandscapeError(
                 f"{where} has {len(self.x)} tensors but the model has {len(tensors)} "
                 f"(made for {self.attrs.get('arch', '?')}, dir_type={self.attrs.get('dir_type', '?')}); "
-                "use a direction file made for this architecture and dir_type, or drop --dir_file"
+                "use a direction file made for this architecture and dir_type, or drop dir_file", "dir_file"
             )
         for i, (d, (name, w)) in enumerate(zip(self.x, tensors)):
             dy = self.y[i] if self.y is not None else d
@@ -179,25 +180,33 @@ def save_directions(path: str | os.PathLike, dirs: Directions) -> None:
     """Write the reference code's layout (groups xdirection/ydirection, datasets "0", "1", ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w", locking=False) as f:
-        for group, d in (("xdirection", dirs.x), ("ydirection", dirs.y)):
-            if d is None:
-                continue
-            g = f.create_group(group)
-            for i, t in enumerate(d):
-                g[str(i)] = t.detach().cpu().numpy()
-        f.attrs["names"] = json.dumps(dirs.names)
-        for k, v in dirs.attrs.items():
-            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
-    os.replace(tmp, path)
+    # a temporary name of this process's own, then an atomic rename: the shards of a job array may
+    # all write the same file at once; each writes the same contents, a reader sees one whole file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".h5", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            for group, d in (("xdirection", dirs.x), ("ydirection", dirs.y)):
+                if d is None:
+                    continue
+                g = f.create_group(group)
+                for i, t in enumerate(d):
+                    g[str(i)] = t.detach().cpu().numpy()
+            f.attrs["names"] = json.dumps(dirs.names)
+            for k, v in dirs.attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_directions(path: str | os.PathLike) -> Directions:
     """Read a direction file written here or by the reference code."""
     path = Path(path)
     if not path.is_file():
-        raise LandscapeError(f"direction file {str(path)!r} does not exist; omit --dir_file to draw new directions")
+        raise LandscapeError(f"direction file {str(path)!r} does not exist; omit dir_file to draw new directions",
+                             "dir_file")
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as e:
@@ -216,6 +225,65 @@ def load_directions(path: str | os.PathLike) -> Directions:
                  for k, v in f.attrs.items()}
     names = json.loads(attrs.pop("names")) if "names" in attrs else []
     return Directions(x, y, names, attrs)
+
+
+# ---------------------------------------------------------------------------------------
+# The one way every door gets its directions, and keeps them beside the surface.
+
+
+def directions_path(surface: str | os.PathLike) -> Path:
+    """Where a surface's directions are kept by default: `<surface stem>_dirs.h5` beside it."""
+    surface = Path(surface)
+    return surface.with_name(f"{surface.stem}_dirs.h5")
+
+
+def resolve(model: nn.Module, given: Any, spec: DirectionSpec, seed: int, ndim: int,
+            yspec: DirectionSpec | None = None, same_dir: bool = False) -> Directions:
+    """The directions of a surface over `model`'s target tensors (`spec.dir_type`): `given` None draws
+    random ones from `seed` (`make_directions`: x with `spec`, y with `yspec` or the same as x);
+    else a Directions, a direction file's path, or a list of 1 or 2 direction lists. Checked
+    against the model's tensors (shapes) and the grid's dimension."""
+    tensors = target_tensors(model, spec.dir_type)
+    if given is None:
+        dirs = make_directions(tensors, spec, seed, ndim, same_dir, yspec)
+    elif isinstance(given, Directions):
+        dirs = given
+    elif isinstance(given, (str, os.PathLike)):
+        try:
+            dirs = load_directions(given)
+        except LandscapeError as e:
+            raise LandscapeError(f"{e}; pass a direction file written by landscape or the reference code, or omit "
+                                 "dir_file", "dir_file") from None
+    elif isinstance(given, (tuple, list)) and given and all(isinstance(d, (tuple, list)) for d in given):
+        if len(given) != ndim:
+            raise LandscapeError(f"a {ndim}-D grid needs {ndim} directions, got {len(given)}; pass "
+                                 f"{'x and y' if ndim == 2 else 'one'} direction(s), or y=None for 1-D", "directions")
+        dirs = Directions(list(given[0]), list(given[1]) if ndim == 2 else None, [n for n, _ in tensors],
+                          {"kind": "given", "dir_type": spec.dir_type})
+    else:
+        raise LandscapeError("directions must be None (random), a Directions, a direction file, or a list of "
+                             f"1 or 2 directions (lists of tensors), got {type(given).__name__}", "directions")
+    if ndim == 2 and dirs.y is None:
+        raise LandscapeError("the directions have no y direction but the grid is 2-D; pass y=None for a 1-D surface",
+                             "directions")
+    where = f"direction file {given}" if isinstance(given, (str, os.PathLike)) else "the directions"
+    dirs.check_against(tensors, where=where)
+    return dirs
+
+
+def keep_directions(path: str | os.PathLike, dirs: Directions, replace: bool) -> None:
+    """Write the directions to `path` unless it holds them already; another direction file there is
+    replaced only with `replace` (otherwise the surface's settings check reports the mismatch)."""
+    path = Path(path)
+    if path.exists():
+        try:
+            if load_directions(path).fingerprint() == dirs.fingerprint():
+                return
+        except LandscapeError:
+            pass
+        if not replace:
+            return
+    save_directions(path, dirs)
 
 
 # ---------------------------------------------------------------------------------------

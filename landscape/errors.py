@@ -16,13 +16,19 @@ class LandscapeError(Exception):
     the command-line flag instead ("--precision").
     """
 
-    def __init__(self, message: str, argument: str | None = None):
+    def __init__(self, message: str, argument: str | tuple[str, ...] | None = None):
         super().__init__(message)
         self.argument = argument
 
 
 # arguments whose flag is not "--" + the name with dashes
-FLAGS: dict[str, str] = {"loss": "--loss_name", "dir_type": "--dir_type", "norm": "--xnorm", "ignore": "--xignore"}
+FLAGS: dict[str, str] = {
+    "loss": "--loss_name", "dir_type": "--dir_type", "norm": "--xnorm", "ignore": "--xignore", "xignore": "--xignore",
+    "yignore": "--yignore", "dir_file": "--dir_file", "surf_file": "--surf_file", "strata": "--stratify",
+    "splits": "--split", "data": "--data-def", "model": "--model-def", "dir_tol": "--direction-tol", "out": "--surf_file",
+    "out_dir": "--out",
+    "dir_max_iter": "--direction-max-iter", "xdir": "--xdir", "ydir": "--ydir",
+}
 
 
 def flag_of(argument: str, flags: Mapping[str, str] | None = None) -> str:
@@ -32,11 +38,14 @@ def flag_of(argument: str, flags: Mapping[str, str] | None = None) -> str:
 
 
 def as_flags(e: LandscapeError, flags: Mapping[str, str] | None = None) -> str:
-    """The error's message with its argument's name (its first whole-word occurrence) as the flag."""
+    """The error's message with each of its arguments' names (the first whole-word occurrence of
+    each) as the command-line flag."""
     text = str(e)
-    if e.argument is None:
-        return text
-    return re.sub(rf"(?<![-\w]){re.escape(e.argument)}\b", flag_of(e.argument, flags), text, count=1)
+    names = (e.argument,) if isinstance(e.argument, str) else tuple(getattr(e, "argument", None) or ())
+    for name in names:
+        # a word of its own (not part of a path, a flag or a longer name)
+        text = re.sub(rf"(?:(?<=[\s(])|^){re.escape(name)}\b(?![-=/.\w])", flag_of(name, flags), text, count=1)
+    return text
 
 
 def exit_on_error(main: Callable[..., object]) -> Callable[..., object]:

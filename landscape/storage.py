@@ -41,6 +41,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
 _COORDS = ("xcoordinates", "ycoordinates")
 _RESERVED = {*_COORDS, "done", "dir_file"}
+_STRUCTURED = "json_attrs"  # the names of the attributes stored as JSON (dicts, lists, None)
 
 
 @dataclass
@@ -108,6 +109,21 @@ class Surface:
         return next((m for m in self.metrics if m.endswith("loss")), next(iter(self.metrics), "train_loss"))
 
 
+def settings_diff(old: Any, new: Any, arrow: str = "->", limit: int = 3) -> str:
+    """The first differences between two settings, nested keys dotted: 'data.train.samples: 16 -> 32'."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif a != b:
+            out.append(f"{key}: {a!r} {arrow} {b!r}")
+
+    walk(old, new, "")
+    return "; ".join(out[:limit]) + (f"; and {len(out) - limit} more" if len(out) > limit else "")
+
+
 def write_surface(path: str | os.PathLike, surf: Surface) -> None:
     """Write the whole surface atomically: a temporary file in the same folder, fsync, rename.
 
@@ -131,8 +147,10 @@ def write_surface(path: str | os.PathLike, surf: Surface) -> None:
             if surf.dir_file is not None:
                 f["dir_file"] = surf.dir_file
             f.attrs["format_version"] = FORMAT_VERSION
+            structured = sorted(k for k, v in surf.attrs.items() if v is None or isinstance(v, (dict, list, tuple)))
             for k, v in surf.attrs.items():
                 f.attrs[k] = _attr_value(v)
+            f.attrs[_STRUCTURED] = json.dumps(structured)  # written as JSON: read back as what they were
             f.flush()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -170,6 +188,9 @@ def _read(f: h5py.File, path: Path) -> Surface:
     x = f["xcoordinates"][:]
     y = f["ycoordinates"][:] if "ycoordinates" in f else None
     attrs = {k: _read_attr(v) for k, v in f.attrs.items()}
+    for k in json.loads(attrs.pop(_STRUCTURED, "[]")):
+        if isinstance(attrs.get(k), str):
+            attrs[k] = json.loads(attrs[k])
     surf = Surface(x=x, y=y, attrs=attrs)
     dir_file = f["dir_file"][()] if "dir_file" in f else None
     surf.dir_file = dir_file.decode() if isinstance(dir_file, bytes) else dir_file
@@ -418,10 +439,8 @@ def merge_surfaces(paths: Sequence[str | os.PathLike]) -> tuple[Surface, MergeRe
     for p, s in zip(paths[1:], surfs[1:]):
         old, new = base.settings, s.settings
         if old != new:
-            diffs = [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                     if old.get(k) != new.get(k)]
-            raise LandscapeError(f"{p} was computed with other settings than {first} ({'; '.join(diffs[:3])}); "
-                                 "merge only the shards of one job")
+            raise LandscapeError(f"{p} was computed with other settings than {first} "
+                                 f"({settings_diff(old, new, 'vs')}); merge only the shards of one job")
         if (s.shape != base.shape or not np.array_equal(s.x, base.x)
                 or (s.y is not None and not np.array_equal(s.y, base.y))):
             raise LandscapeError(f"{p} has another grid than {first}; merge only the shards of one job")
@@ -453,7 +472,9 @@ def merge_surfaces(paths: Sequence[str | os.PathLike]) -> tuple[Surface, MergeRe
     sources: list[str] = []  # the shard files behind the result, through earlier merges too
     for p, s in zip(paths, surfs):
         earlier = s.attrs.get("merged_from")
-        sources += json.loads(earlier) if isinstance(earlier, str) else [str(p)]
+        if isinstance(earlier, str):  # a file written before attributes were read back as lists
+            earlier = json.loads(earlier)
+        sources += list(earlier) if earlier else [str(p)]
     out.attrs["merged_from"] = list(dict.fromkeys(sources))
     counts = {s.attrs.get("shard_count") for s in surfs}
     report = MergeReport(inputs=paths, done=int(out.done.sum()), total=out.done.size)

@@ -1,461 +1,430 @@
-"""Orchestration: which points remain, evaluation, progress, periodic atomic flushes, resume.
+"""The spine: model and data -> directions -> engine -> measures -> grid sweep -> surface file.
 
-The only module that ties the evaluator (models, data) to storage (files).
+`compute_surface` is the one path every door takes: the Python API calls it with a model, data, a
+loss and metrics of its own; the command line (`run_job`, behind scripts/plot_surface.py) resolves
+its flags into the same pieces (`landscape.sources`) and calls it. So the same job through any door
+writes the same file (settings included), and any door can resume a file another began.
+
+    import landscape as ll
+    surf = ll.compute_surface(model, (x, y), loss=ll.losses.cross_entropy,
+                              metrics={"acc": ll.metrics.accuracy},
+                              x=ll.Axis(-1, 1, 51), y=ll.Axis(-1, 1, 51), seed=0, out="runs/my.h5")
+
+A surface file's `settings` name what its values depend on, by content: the model's weights and the
+data (sha256 of their bytes), the loss and metric names, the directions (sha256), the grid, the
+precision, the sampling plan. A rerun with the same settings continues the file; other settings
+are refused. Where they came from (checkpoint, data set, normalization, engine) is in its other
+attributes, which are not compared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
-import math
-import os
-import signal
 import tempfile
-import threading
-import time
-import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
+import torch.nn as nn
 
-import landscape
-from landscape.sampling.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, order_path, sample_order,
-                                stratify_sets)
-from landscape.sampling.multilevel import MultilevelMeasure, SampleStore, samples_path
-from landscape.sources.checkpoint import build_model, load_checkpoint
-from landscape.engine.threads import set_threads
-from landscape.sources.data import check_normalization, load_dataset, resolve_normalization
-from landscape.directions import (DirectionSpec, Directions, interpolation_direction, load_directions,
-                                  make_directions, random_direction, save_directions, target_tensors)
-from landscape.errors import LandscapeError
-from landscape.engine import EngineOptions, prepare_engine
-from landscape.engine.evaluate import Evaluator, PointSetter, default_batch_size, get_loss, input_layout
+from landscape.config import DataOptions, RunOptions, check_options
+from landscape.directions import (DirectionSpec, Directions, directions_path, interpolation_direction,
+                                  keep_directions, make_directions, random_direction, resolve as resolve_directions,
+                                  target_tensors)
+from landscape.distributed import Group, PeerError, dist_info, local_device
+from landscape.engine import EngineOptions, batch_statistics_layers, prepare_engine
+from landscape.engine.evaluate import Evaluator, LossFn, check_metrics, cross_entropy
 from landscape.engine.hardware import auto_note, resolve_precision
-from landscape.distributed import Group, PeerError, Shard, dist_info, local_device
+from landscape.engine.stream import StreamEvaluator
+from landscape.engine.threads import set_threads
+from landscape.errors import LandscapeError
 from landscape.grid import Axis, Grid
-from landscape.storage import Surface, SurfaceLock, read_surface, write_surface
+from landscape.losses import LOSSES
+from landscape.sampling.adaptive import (SampledBlockMeasure, SampledMeasure, SamplingPlan, StreamSampledMeasure,
+                                         order_path, sample_order, stratify_sets)
+from landscape.sampling.multilevel import MultilevelMeasure
+from landscape.sources.prepare import PreparedData, example_inputs, prepare_data
+from landscape.sources.spec import SourceSpec, Sources, load_endpoint, resolve as resolve_sources
+from landscape.storage import Surface
+from landscape.sweep import Interrupted, check_writable, sweep
 
+__all__ = ["Interrupted", "PeerError", "SurfaceJob", "DirectionRequest", "JobResult", "compute_surface", "run_job",
+           "resolve_device", "weights_sha256", "loss_name", "SETTINGS_FORMAT"]
 
-def open_surface(path: str | Path, grid: Grid, settings: Mapping[str, Any], metrics: list[str],
-                 overwrite: bool = False, shard: Shard | None = None) -> Surface:
-    """The surface at `path` to continue, or a new empty one.
+SETTINGS_FORMAT = 2  # the settings' schema; files of another format are not resumed
 
-    An existing file made with other settings (or for another shard) is an error unless `overwrite`.
-    """
-    path = Path(path)
-    settings = json.loads(json.dumps(settings))  # normalize (tuples -> lists) for comparison
-    if path.is_dir():
-        raise LandscapeError(f"{path} is a folder; give --surf_file a file name such as {path / 'surface.h5'}")
-    if path.exists() and not overwrite:
-        try:
-            surf = read_surface(path)
-        except LandscapeError as e:
-            raise LandscapeError(f"{e}; pass --overwrite to replace it, or --surf_file to write elsewhere") from None
-        old = surf.settings
-        if old is None:
-            raise LandscapeError(
-                f"{path} was not written by landscape (no settings); pass --overwrite to replace it "
-                "or --surf_file to write elsewhere"
-            )
-        if old != settings:
-            diffs = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}"
-                     for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-            raise LandscapeError(
-                f"{path} was computed with other settings ({'; '.join(diffs[:3])}); "
-                "pass --overwrite to replace it, or --surf_file to write a new file"
-            )
-        have = (surf.attrs.get("shard_index"), surf.attrs.get("shard_count"))
-        want = (shard.index, shard.count) if shard is not None else (None, None)
-        if have != want:
-            what = f"shard {have[0]}/{have[1]}" if have[1] is not None else "the whole surface"
-            raise LandscapeError(
-                f"{path} holds {what}, not {'shard ' + shard.spec() if shard else 'the whole surface'}; "
-                f"pass {'--shard ' + str(have[0]) + '/' + str(have[1]) if have[1] is not None else 'no --shard'} "
-                "to continue it, or merge shards with scripts/merge_surfaces.py"
-            )
-        for m in metrics:
-            surf.add_metric(m)
-        return surf
-    xs = grid.x.coords()
-    ys = grid.y.coords() if grid.y is not None else None
-    surf = Surface(x=xs, y=ys)
-    for m in metrics:
-        surf.add_metric(m)
-    surf.attrs["settings"] = json.dumps(settings, sort_keys=True)
-    if shard is not None:
-        surf.attrs.update(shard_index=shard.index, shard_count=shard.count)
-    return surf
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run stopped on SIGTERM or SIGINT after saving every computed point."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-class _StopOnSignal:
-    """SIGTERM (what Slurm and torchrun send before a kill) and Ctrl-C ask the loop to stop.
-
-    The point being evaluated finishes, the results are gathered and flushed, then the run ends
-    with `Interrupted`. The same signal a second time raises KeyboardInterrupt at once (the file
-    still gets every gathered point). Handlers are installed from the main thread only.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum, frame) -> None:
-        if self.signum == signum:
-            raise KeyboardInterrupt(f"signal {signum} twice")
-        self.signum = signum
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-@dataclass
-class _Block:
-    """What one rank sends to the others after each round of points."""
-
-    idx: list[int]  # flat grid indices computed, in order
-    values: list[list[float]]  # one row per point: every metric, in `metrics` order
-    seconds: float
-    left: int = 0  # points of this rank's share still to do
-    error: str | None = None  # "Type: message" of a failure at point `failed_at`
-    failed_at: int | None = None
-    signum: int | None = None  # a stop was asked for by this signal
-
-
-Pass = tuple[np.ndarray, np.ndarray]  # (flat indices evaluated together, those of them to store)
-
-
-def _passes(share: np.ndarray, per_pass: int, units: np.ndarray | None = None) -> list[Pass]:
-    """The passes that evaluate the points `share` (in order): `per_pass` of them at a time, each
-    stored; or, for measures whose values depend on the points evaluated with them (K points in
-    one vmapped launch), whole `units` (the owned points in fixed groups of K, from `_units`), so a
-    point is always computed with the same companions and a resumed or distributed run is bit for bit
-    an uninterrupted one; points of a unit not in `share` are evaluated again but not stored."""
-    if units is None:
-        return [(share[i:i + per_pass], share[i:i + per_pass]) for i in range(0, len(share), per_pass)]
-    out, members = [], {}
-    for i in share:
-        members.setdefault(int(units[1][i]), []).append(int(i))
-    for u, keep in members.items():
-        out.append((units[0][u * per_pass:(u + 1) * per_pass], np.asarray(keep)))
-    return out
-
-
-def _units(owned: np.ndarray, per_pass: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the owned flat indices in order, each grid point's unit: its position among them // per_pass)."""
-    idx = np.flatnonzero(owned)
-    unit = np.full(len(owned), -1, dtype=np.int64)
-    unit[idx] = np.arange(len(idx)) // per_pass
-    return idx, unit
-
-
-def _run_block(passes: list[Pass], points: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any],
-               stop: _StopOnSignal, bar: tqdm) -> tuple[_Block, int, BaseException | None]:
-    """Evaluate the passes in turn (until a stop or a failure); returns the block of stored values,
-    the number of passes done, and the exception for its rank (a failure is reported at the first
-    point of its pass)."""
-    t0 = time.perf_counter()
-    block = _Block([], [], 0.0)
-    error = None
-    done = 0
-    for evaluated, keep in passes:
-        if stop.signum is not None:
-            break
-        chunk = [int(i) for i in evaluated]
-        try:
-            rows = _evaluate_points(points[chunk], setter, evaluators)
-        except BaseException as e:  # noqa: BLE001 - any failure ends the run; it is re-raised by its rank
-            error, block.failed_at = e, int(keep[0])
-            block.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-            break
-        row_of = dict(zip(chunk, rows))
-        block.idx += [int(i) for i in keep]
-        block.values += [row_of[int(i)] for i in keep]
-        bar.update(len(keep))
-        done += 1
-    block.signum = stop.signum
-    block.seconds = time.perf_counter() - t0
-    return block, done, error
-
-
-def _evaluate_points(coords: np.ndarray, setter: PointSetter, evaluators: Mapping[str, Any]) -> list[list[float]]:
-    """One row per point: every measure's values in `evaluators` order. A measure with a `block`
-    method (a streaming evaluator) takes all the points in one pass over its data; the others are
-    called once per point after the setter has moved the model there."""
-    cols: dict[str, list] = {}
-    plain = [k for k, ev in evaluators.items() if not hasattr(ev, "block")]
-    if plain:
-        per_point = []
-        for c in coords:
-            setter.set(c)
-            per_point.append([[float(v) for v in evaluators[k]()] for k in plain])
-        cols = {k: [p[j] for p in per_point] for j, k in enumerate(plain)}
-    for k, ev in evaluators.items():
-        if k not in cols:
-            cols[k] = [[float(v) for v in row] for row in ev.block(setter, coords)]
-    return [[v for k in evaluators for v in cols[k][i]] for i in range(len(coords))]
+Data = Any  # (x, y) tensors | Dataset | DataLoader | an iterable of (inputs, targets) batches
 
 
 def compute_surface(
-    setter: PointSetter,
-    evaluators: Mapping[str, Evaluator],
-    grid: Grid,
-    path: str | Path,
-    settings: Mapping[str, Any],
-    attrs: Mapping[str, Any] | None = None,
-    dir_file: str | None = None,
-    overwrite: bool = False,
-    flush_seconds: float = 5.0,
-    max_points: int | None = None,
-    progress: bool = True,
+    model: nn.Module,
+    data: Data | Mapping[str, Data],
+    loss: LossFn = cross_entropy,
+    metrics: Mapping[str, LossFn] | None = None,
     *,
-    shard: Shard | None = None,
+    x: Axis = Axis(-1.0, 1.0, 51),
+    y: Axis | None = Axis(-1.0, 1.0, 51),
+    directions: Any = None,
+    seed: int = 0,
+    norm: str = "filter",
+    ignore: str = "biasbn",
+    dir_type: str = "weights",
+    out: str | Path | None = None,
+    dir_file: str | Path | None = None,
+    split: str = "train",
+    precision: str | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    engine: EngineOptions | None = None,
+    sampling: SamplingPlan | None = None,
+    data_options: DataOptions | None = None,
+    run: RunOptions | None = None,
+    bn_data: torch.Tensor | None = None,
+    populations: Mapping[str, int | None] | None = None,
+    provenance: Mapping[str, Any] | None = None,
     group: Group | None = None,
     notes: list[str] | None = None,
 ) -> Surface | None:
-    """Evaluate every point of `grid` not yet done in the file at `path`, and write it.
+    """The loss surface of `model` around its current weights on `data`, written to `out` (and
+    resumed from it: a rerun with the same settings computes only the points that are missing).
 
-    `evaluators` maps a prefix (a split name: "train", "test") to a measure: a callable
-    returning one value per name in its `metric_names` at the current weights. The file gets
-    `<prefix>_<name>` for each (`train_loss`, `train_acc` from an Evaluator), or `<name>` for
-    the prefix "" (e.g. the reference's `max_eig`). The file is rewritten atomically at most every
-    `flush_seconds`, at the end, and on interruption (Ctrl-C, SIGTERM), so a rerun of
-    the same call continues where this one stopped. The model holds theta0 afterwards. Each run
-    that computes points appends {points, seconds, ranks, finished} to the JSON list in the
-    attribute `runs`: the wall seconds spent evaluating them (start-up not included), the cost
-    per point a run showed.
-
-    With a `group` of several ranks, rank 0 alone locks, reads and writes the file; every rank
-    takes an interleaved share of the points left and the results reach rank 0 in blocks sized
-    to arrive every `flush_seconds`. A point's values depend on its coordinates only, so any
-    number of ranks gives the same file bit for bit. Returns the surface on rank 0, else None.
-    A `shard` restricts the points to those whose flat index is `shard.index` modulo `shard.count`.
+    Args:
+        data: a pair of tensors (x, y), a Dataset, a DataLoader (not shuffling) or a re-iterable of
+            (inputs, targets) batches, stored under the prefix `split`; or a dict {split: data}.
+        loss, metrics: callables (model output, targets) -> per-sample values (N,) or (N, ...), or
+            a 0-dim batch mean (`landscape.losses.per_sample`). The file holds `<split>_loss` and
+            `<split>_<name>` per metric.
+        x, y: the grid's axes; y=None for a 1-D surface.
+        directions: None draws filter-normalized random ones from `seed` (`norm`, `ignore`,
+            `dir_type`); else a Directions, a direction file, or a list of direction lists (e.g.
+            `landscape.directions.random(model)`, `landscape.directions.interpolation(m1, m2)`).
+        out: the surface file (None: a temporary folder; the Surface is returned). The directions
+            are kept in `dir_file` (default `<out stem>_dirs.h5` beside it).
+        precision, batch_size, device: the engine's most used settings; `engine` takes them all
+            (`landscape.engine.EngineOptions`: BN folding, fusion, layout, compile, K points per
+            launch); give one or the other. Every fast path is proven exact or not taken
+            (docs/exactness.md).
+        sampling: error bars and adaptive sampling (`landscape.sampling.SamplingPlan`): the file
+            gets `<split>_loss_se`, `<split>_<metric>_se` and `<split>_n`; with resident or
+            streamed data (multilevel and strata: resident only).
+        data_options: resident or streamed data (`landscape.config.DataOptions`).
+        run: overwrite, max_points, progress, shard, flush_seconds (`landscape.config.RunOptions`).
+        bn_data: training inputs to re-estimate BatchNorm statistics from at every point.
+        populations: {split: samples of the whole set the data was drawn from}, for the standard
+            errors (None: the data given is the whole set).
+        provenance: attributes stored with the file, not compared on resume (checkpoint, data set).
+        group: the ranks of a torchrun/srun job (`landscape.distributed`): they share the points,
+            rank 0 alone writes; the values are the same bit for bit as with one process.
+    Returns:
+        the Surface (`surf.metrics["train_loss"]` is (ny, nx), row = y); None on ranks other than 0.
     """
-    if len(setter.dirs) != grid.ndim:
-        raise ValueError(f"a {grid.ndim}-D grid needs {grid.ndim} directions, the setter has {len(setter.dirs)} directions")
-    if flush_seconds < 0:
-        raise LandscapeError(f"--flush-seconds must be >= 0, got {flush_seconds:g}")
-    if max_points is not None and max_points < 0:
-        raise LandscapeError(f"--max-points must be >= 0, got {max_points}")
+    if not isinstance(model, nn.Module):
+        raise LandscapeError(f"model must be a torch.nn.Module, got {type(model).__name__}", "model")
+    if not callable(loss):
+        raise LandscapeError(f"loss must be a callable (output, targets) -> per-sample losses, got "
+                             f"{type(loss).__name__}", "loss")
+    metrics = check_metrics(metrics or {})
+    grid = Grid(x, y)
+    spec = DirectionSpec(dir_type, norm, ignore)
+    options = _engine_options(engine, precision, batch_size)
+    data_options = data_options or DataOptions()
+    run = run or RunOptions()
     group = group or Group()
-    path = Path(path)
-    names = {k: [f"{k}_{m}" if k else m for m in ev.metric_names] for k, ev in evaluators.items()}
-    metrics = [m for ms in names.values() for m in ms]
-    points = grid.points()  # (size, ndim)
-    owned = shard.owns(np.arange(grid.size)) if shard is not None else np.ones(grid.size, dtype=bool)
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.zeros(())).device
+    resolved = resolve_precision(options.precision, device)
+    if notes is not None and auto_note(options.precision, resolved, device):
+        notes.append(auto_note(options.precision, resolved, device))
+    if bn_data is not None and options.fold_bn:
+        options = dataclasses.replace(options, fold_bn=False)  # folding bakes the statistics into the weights
+    options = dataclasses.replace(options, precision=resolved)
+    model.to(device)
+    given = dict(data) if isinstance(data, Mapping) else {split: data}
+    prepared = {s: prepare_data(d, device, options.batch_size, data_options) for s, d in given.items()}
+    streamed = any(p.mode == "stream" for p in prepared.values())
+    check_options(options, sampling, streamed, bn_data is not None, run, group.world_size > 1)
 
-    surf, lock, todo, error = None, None, None, None
-    stores: list[SampleStore] = []  # per-sample values of coarse-to-fine measures, for a resume
-    if group.is_main:
-        try:
-            lock = SurfaceLock(path).acquire()
-            if notes is not None:
-                notes += lock.notes
-            surf = open_surface(path, grid, settings, metrics, overwrite, shard)
-            surf.dir_file = dir_file
-            surf.attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-            surf.attrs["landscape_version"] = landscape.__version__
-            for k, v in (attrs or {}).items():
-                surf.attrs[k] = v
-            todo = np.flatnonzero(~surf.done.reshape(-1) & owned)
-            for k, ev in evaluators.items():  # a coarse-to-fine measure: its order, the points already done
-                if hasattr(ev, "point_order"):
-                    if group.world_size > 1 or shard is not None:
-                        raise LandscapeError(f"the {k or 'main'} measure (--multilevel) evaluates points in "
-                                             "dependency order: it runs in one process; drop torchrun/--shard")
-                    done = surf.done.reshape(-1)
-                    store = SampleStore(samples_path(path), k, _fingerprint(surf))
-                    ev.resume({m: surf.metrics[f"{k}_{m}" if k else m].reshape(-1) for m in ev.metric_names}, done,
-                              store)
-                    stores.append(store)
-                    todo = ev.point_order(todo)
-            if max_points is not None:
-                todo = todo[:max_points]
-        except BaseException as e:
-            error = e
-            if lock is not None:
-                lock.release()
-    group.agree(error)
-    todo = group.broadcast(todo)
-    # a streaming measure evaluates `points_per_pass` points per pass over its data; a vmapped one
-    # (`aligned`) always the same groups of them
-    per_pass = max([getattr(ev, "points_per_pass", 1) for ev in evaluators.values()] + [1])
-    aligned = any(getattr(ev, "aligned", False) for ev in evaluators.values())
-    if aligned:
-        units = _units(owned, per_pass)
-        mine = units[1][todo] % group.world_size == group.rank  # interleaved units
-        passes = _passes(todo[mine], per_pass, units)
-    else:
-        passes = _passes(todo[group.rank::group.world_size], per_pass)  # neighbouring points to different ranks
-
-    flat = {m: surf.metrics[m].reshape(-1) for m in metrics} if surf is not None else {}
-    flat_done = surf.done.reshape(-1) if surf is not None else None  # views: writes land in surf
-    total, initial = (int(owned.sum()), int((flat_done & owned).sum())) if surf is not None else (0, 0)
-    bar = tqdm(total=total, initial=initial, desc="surface", unit="pt", dynamic_ncols=True,
-               disable=not (progress and group.is_main))
-    last_flush = time.monotonic()
-    run_points, run_seconds = 0, 0.0  # this run's points and the wall seconds spent evaluating them
-    blocks: list[_Block] = []
-    own_error: BaseException | None = None
-    lost: BaseException | None = None
+    was_training = model.training
+    model.eval()
     try:
-        with _StopOnSignal() as stop:
-            pos, k = 0, 1  # passes done, passes in the next block
-            while True:
-                block, done, own_error = _run_block(passes[pos:pos + k], points, setter, evaluators, stop, bar)
-                pos += done
-                block.left = sum(len(keep) for _, keep in passes[pos:])
-                try:
-                    blocks = group.all_gather(block)
-                except RuntimeError as e:  # a rank died: keep what was gathered
-                    lost = e
-                    break
-                run_points += sum(len(b.idx) for b in blocks)
-                run_seconds += max(b.seconds for b in blocks)  # the ranks work side by side
-                if surf is not None:
-                    for r, b in enumerate(blocks):
-                        for idx, row in zip(b.idx, b.values):
-                            for m, v in zip(metrics, row):
-                                flat[m][idx] = v
-                            flat_done[idx] = True
-                        if r != group.rank:
-                            bar.update(len(b.idx))
-                    if time.monotonic() - last_flush >= flush_seconds:
-                        write_surface(path, surf)
-                        last_flush = time.monotonic()
-                if any(b.error is not None or b.signum is not None for b in blocks):
-                    break
-                if all(b.left == 0 for b in blocks):
-                    break
-                if group.world_size > 1:  # next block: about flush_seconds of work on the slowest rank
-                    per_point = max(b.seconds / max(1, len(b.idx)) for b in blocks)
-                    fits = int(flush_seconds / per_point) if per_point > 0 else grid.size
-                    k = max(1, min(fits, max(b.left for b in blocks)) // per_pass)
-    finally:
-        setter.restore()
-        bar.close()
-        if surf is not None:
-            try:
-                if run_points:
-                    runs = json.loads(surf.attrs.get("runs", "[]"))
-                    runs.append({"points": run_points, "seconds": round(run_seconds, 3), "ranks": group.world_size,
-                                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-                    surf.attrs["runs"] = json.dumps(runs)
-                    if notes is not None:
-                        notes.append(f"this run computed {run_points} points in {run_seconds:.1f} s "
-                                     f"({run_seconds / run_points:.3g} s a point, start-up not included)")
-                write_surface(path, surf)
-                if stores and surf.done.all():  # nothing left to resume
-                    for store in stores:
-                        store.path.unlink(missing_ok=True)
-            finally:
-                lock.release()
+        options = dataclasses.replace(options, batch_size=_whole_batches(model, prepared, options.batch_size, notes))
+        # the settings, from the model and data as given (rank 0 alone writes the file)
+        weights = weights_sha256(model) if group.is_main else None
+        dirs = resolve_directions(model, directions, spec, seed, grid.ndim)
+        example = _example(model, prepared, options)
+        eng = prepare_engine(model, dir_type, [dirs.x, dirs.y][:grid.ndim], options, example=example,
+                             check_points=grid.corners())
+        if notes is not None:
+            notes += eng.report.notes()
+        if sampling is not None:
+            prepared = {s: _in_sample_order(s, p, sampling, options.batch_size) for s, p in prepared.items()}
+        evaluators = {s: (eng.evaluator(p.x, p.y, loss, metrics, options.batch_size) if p.mode == "resident" else
+                          StreamEvaluator(eng.model, p.batches, loss, metrics, device, resolved,
+                                          data_options.points_per_pass, eng.report.channels_last))
+                      for s, p in prepared.items()}
+        engine_attrs = eng.report.attrs()
+        if resolved != "fp32":
+            engine_attrs["center_rel_err"] = _low_precision_error(model, eng, evaluators, notes)
+        setter = eng.setter
+        if bn_data is not None:
+            from landscape.engine.bn import BNRecomputeSetter
 
-    saved = f"{int(surf.done.sum())}/{surf.done.size} points are saved in {path}" if surf is not None else ""
-    if lost is not None:
-        raise LandscapeError(f"rank {group.rank} lost contact with the other ranks ({_first_line(lost)})"
-                             + (f"; {saved}; rerun the same command to continue" if saved else ""))
-    failures = [(r, b) for r, b in enumerate(blocks) if b.error is not None]
-    if failures:
-        if group.world_size == 1:
-            raise own_error
-        r, b = failures[0]
+            setter = BNRecomputeSetter(setter, model, eng.inputs(bn_data.to(device)),
+                                       batch_size=options.batch_size or 512)
+            if notes is not None:
+                notes.append(f"BatchNorm statistics re-estimated at every point from {len(bn_data)} training samples")
+
+        tmp = None
+        if out is None:
+            tmp = tempfile.TemporaryDirectory(prefix="landscape-")
+            out = Path(tmp.name) / "surface.h5"
+        out = Path(out)
+        dir_file = Path(dir_file) if dir_file is not None else directions_path(out)  # shards share it
+        if run.shard is not None:
+            out = run.shard.path(out)
+        settings: dict[str, Any] = {}
+        error = None
         if group.is_main:
-            if own_error is not None and not isinstance(own_error, LandscapeError):
-                traceback.print_exception(own_error)
-            raise LandscapeError(f"rank {r} of {group.world_size} failed at point {b.failed_at} "
-                                 f"({_coords(points[b.failed_at])}): {b.error}; {saved}; rerun the same command "
-                                 "to continue")
-        if own_error is not None and not isinstance(own_error, LandscapeError):
-            raise own_error  # this rank's traceback goes to its log
-        raise PeerError(b.error)
-    signums = [b.signum for b in blocks if b.signum is not None]
-    if signums:
-        name = signal.Signals(signums[0]).name
-        raise Interrupted(signums[0], f"stopped by {name}: {saved}; rerun the same command to continue"
-                          if saved else f"stopped by {name}")
-    return surf
+            try:
+                check_writable(out.parent, "out")
+                settings = {
+                    "format": SETTINGS_FORMAT, "weights_sha256": weights,
+                    "data": {s: dict(zip(("samples", "sha256"), p.fingerprint())) for s, p in prepared.items()},
+                    "loss": loss_name(loss), "metrics": list(metrics), "directions_sha256": dirs.fingerprint(),
+                    "dir_type": dir_type, "x": x.spec(), "y": y.spec() if y is not None else None,
+                    "precision": resolved,
+                }
+                if bn_data is not None:
+                    settings["bn_recompute"] = {"samples": len(bn_data), "sha256": _tensor_sha256(bn_data)}
+            except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
+                error = e
+        group.agree(error)
+        measures = evaluators
+        if sampling is not None:
+            measures = _sampled(evaluators, prepared, setter, sampling, grid, populations or {}, settings, out, run,
+                                group, notes, options.batch_size)
+        attrs = {**dict(provenance or {}), "loss_name": loss_name(loss), "splits": ",".join(prepared),
+                 "evaluation": {s: p.mode for s, p in prepared.items()},
+                 "n_samples": {s: settings.get("data", {}).get(s, {}).get("samples", p.size)
+                               for s, p in prepared.items()},
+                 "directions": dirs.attrs, "dir_type": dir_type, "seed": seed, "device": str(device),
+                 "batch_size": next((ev.batch_size for ev in evaluators.values() if hasattr(ev, "batch_size")), None),
+                 "engine": engine_attrs, "ranks": group.world_size,
+                 "points_per_pass": max([getattr(m, "points_per_pass", 1) for m in measures.values()] + [1])}
+        replace = run.overwrite or not out.exists()
+
+        def keep() -> None:  # rank 0, once the surface file is open: every rank has the same directions
+            keep_directions(dir_file, dirs, replace)
+
+        try:
+            surf = sweep(setter, measures, grid, out, settings, attrs, str(dir_file), run, group=group, notes=notes,
+                         before=keep)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        if tmp is not None and surf is not None:
+            surf.dir_file = None  # the temporary folder is gone
+        return surf
+    finally:
+        model.train(was_training)
 
 
-def _coords(point: np.ndarray) -> str:
-    return ", ".join(f"{n}={c:g}" for n, c in zip("xy", point))
+def _engine_options(engine: EngineOptions | None, precision: str | None, batch_size: int | None) -> EngineOptions:
+    """`engine`, or the default options with `precision` and `batch_size`; not both."""
+    if engine is None:
+        return EngineOptions(precision or "fp32", batch_size=batch_size)
+    if not isinstance(engine, EngineOptions):
+        raise LandscapeError(f"engine must be a landscape.engine.EngineOptions, got {type(engine).__name__}", "engine")
+    if precision is not None or batch_size is not None:
+        raise LandscapeError("give precision and batch_size inside engine=EngineOptions(...), not beside it",
+                             "engine")
+    return engine
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of the model's state_dict: every tensor's name, shape, dtype and bytes, in order."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def loss_name(fn: Any) -> str:
+    """A loss's name in the settings: its name in `landscape.losses.LOSSES`, else its qualified name."""
+    for name, registered in LOSSES.items():
+        if fn is registered:
+            return name
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _whole_batches(model: nn.Module, prepared: Mapping[str, PreparedData], batch_size: int | None,
+                   notes: list[str] | None) -> int | None:
+    """The batch size for a model whose BatchNorms use batch statistics (`batch_statistics_layers`):
+    the whole set in one batch, as plain evaluation of it computes; refused where that cannot be."""
+    layers = batch_statistics_layers(model)
+    if not layers:
+        return batch_size
+    what = (f"{', '.join(layers[:3])} normalize{'s' if len(layers) == 1 else ''} with batch statistics "
+            "(track_running_stats=False or training mode), so a sample's loss depends on the others in its batch")
+    for s, p in prepared.items():
+        if p.mode != "resident":
+            raise LandscapeError(f"{what}; the {s} data is streamed in batches: pass it as tensors to evaluate it "
+                                 "in one batch, or give the layers running statistics", "stream")
+    largest = max(len(p.x) for p in prepared.values())
+    if batch_size is not None and batch_size < largest:
+        raise LandscapeError(f"{what}: evaluate the whole set as one batch (batch_size={largest}, or leave it unset), "
+                             "or give the layers running statistics", "batch_size")
+    if notes is not None and batch_size is None:
+        notes.append(f"{what}: each set evaluated as one batch")
+    return largest
+
+
+def _example(model: nn.Module, prepared: Mapping[str, PreparedData], options: EngineOptions) -> Any:
+    """A batch of inputs for the engine to choose its layout, prove its rewrites and check them on:
+    the first batch of the first resident set (as the evaluator will cut it), else the first batch
+    of the first streamed source, on the model's device."""
+    from landscape.engine.evaluate import default_batch_size
+
+    for p in prepared.values():
+        if p.mode == "resident" and isinstance(p.x, torch.Tensor) and len(p.x):
+            return p.x[:options.batch_size or default_batch_size(model, p.x, options.precision)]
+    device = next(model.parameters(), torch.zeros(())).device
+    return example_inputs(prepared, device)
+
+
+def _in_sample_order(split: str, p: PreparedData, sampling: SamplingPlan, batch_size: int | None) -> PreparedData:
+    """The data in the common random order of adaptive sampling (with a tolerance; a fixed sample
+    with error bars keeps the given order): resident tensors permuted, streamed map-style data read
+    through the permutation."""
+    if sampling.tolerance is None:
+        return p
+    if p.mode == "resident":
+        order = sample_order(len(p.y), sampling.seed).to(p.x.device)
+        return dataclasses.replace(p, x=p.x[order], y=p.y[order])
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+    source = p.source
+    loader = source if isinstance(source, DataLoader) else None
+    dataset = (TensorDataset(*source) if isinstance(source, tuple) else
+               loader.dataset if loader is not None else source)
+    if not isinstance(dataset, Dataset) or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise LandscapeError(f"tolerance (adaptive sampling) reads every point's samples in one seeded random order; "
+                             f"the {split} data is {p.description}, which cannot be reordered: pass tensors, a "
+                             "Dataset or a DataLoader over one", "tolerance")
+    order = sample_order(len(dataset), sampling.seed).tolist()
+    batch = loader.batch_size if loader is not None else (p.batches.batch_size if hasattr(p.batches, "batch_size")
+                                                         else batch_size or 256)
+    kwargs = {}
+    if loader is not None:
+        kwargs = dict(collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+    batches = DataLoader(Subset(dataset, order), batch_size=batch, shuffle=False, **kwargs)
+    return dataclasses.replace(p, batches=batches, size=len(dataset))
+
+
+def _sampled(evaluators: dict, prepared: Mapping[str, PreparedData], setter, sampling: SamplingPlan, grid: Grid,
+             populations: Mapping[str, int | None], settings: dict, out: Path, run: RunOptions, group: Group,
+             notes: list[str] | None, batch_size: int | None) -> dict:
+    """The measures with error bars (`landscape.sampling`) over the evaluators; `settings` gets the plan
+    (and the stratified orders' fingerprints)."""
+    for s, ev in evaluators.items():
+        if batch_size is None and isinstance(ev, Evaluator):  # a point grows in whole batches: none larger
+            ev.batch_size = min(ev.batch_size, sampling.n0)  # than the first chunk
+    settings["sampling"] = sampling.settings()
+    # the standard errors refer to the whole set each split's data was drawn from
+    settings["sampling"]["populations"] = {s: populations.get(s) for s in evaluators}
+    if sampling.strata:
+        # the order's file is keyed to the other settings; overwrite computes it again
+        key = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k != "sampling"}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16] if group.is_main else ""
+        settings["sampling"]["order"] = stratify_sets(evaluators, setter, sampling, group, notes, order_path(out), key,
+                                                      resume=out.exists() and not run.overwrite)
+    out_measures = {}
+    for s, ev in evaluators.items():
+        population = populations.get(s)
+        if isinstance(ev, StreamEvaluator):
+            p = prepared[s]
+            batch = getattr(p.batches, "batch_size", None)
+            if sampling.tolerance is not None and (p.size is None or batch is None):
+                raise LandscapeError(f"tolerance (adaptive sampling) needs the {s} data's size and one batch size; "
+                                     f"it is {p.description}: pass tensors, a Dataset or a DataLoader over one",
+                                     "tolerance")
+            out_measures[s] = StreamSampledMeasure(ev, sampling, p.size, batch, population)
+        elif sampling.multilevel:
+            out_measures[s] = MultilevelMeasure(ev, sampling, grid, population)
+        elif hasattr(ev, "block_sums"):
+            out_measures[s] = SampledBlockMeasure(ev, sampling, population)
+        else:
+            out_measures[s] = SampledMeasure(ev, sampling, population)
+    return out_measures
+
+
+def _low_precision_error(model: nn.Module, eng, evaluators: Mapping[str, Any], notes: list[str] | None) -> float | None:
+    """The relative loss error of the reduced precision at the center, against exact fp32 on the
+    model as given, on (up to 4,096 samples of) the first resident set; None without one."""
+    split, ev = next(((s, e) for s, e in evaluators.items() if isinstance(e, Evaluator)), (None, None))
+    if ev is None:
+        return None
+    px, py = ev.x[:4096], ev.y[:4096]
+    exact = Evaluator(model, px, py, ev.loss_fn, ev.batch_size, metrics={})()[0]
+    eng.setter.set([0.0] * len(eng.setter.dirs))
+    try:
+        low = Evaluator(eng.model, px, py, ev.loss_fn, ev.batch_size, eng.precision, metrics={})()[0]
+    finally:
+        eng.setter.restore()
+    err = abs(low - exact) / max(abs(exact), 1e-12)
+    if notes is not None:
+        notes.append(f"{eng.precision}: relative loss error at the center {err:.1e} ({split} loss {low:.6g} vs fp32 "
+                     f"{exact:.6g})")
+    return err
 
 
 # ---------------------------------------------------------------------------------------
-# The whole job: checkpoint -> model -> data -> directions -> surface file.
+# The command line's door: flags -> frozen configs -> sources -> compute_surface.
+
+
+@dataclass(frozen=True)
+class DirectionRequest:
+    """The directions the command line asks for: random (per axis spec and seed), the plane through
+    two or three checkpoints (interpolation), or a direction file."""
+
+    xspec: DirectionSpec = DirectionSpec()
+    yspec: DirectionSpec = DirectionSpec()
+    same_dir: bool = False  # y = x
+    seed: int = 0
+    ckpt2: str | None = None  # x = theta2 - theta1
+    ckpt3: str | None = None  # y = theta3 - theta1
+    dir_file: str | None = None  # reuse the directions in this file when it exists, else write them there
 
 
 @dataclass(frozen=True)
 class SurfaceJob:
-    """Everything `scripts/plot_surface.py` needs to compute one surface."""
+    """Everything `scripts/plot_surface.py` asks for, as the configs the library takes."""
 
-    ckpt: str | None = None  # None: the bundled embedded default
-    arch: str | None = None
-    dataset: str | None = None  # None: the checkpoint's metadata
-    data_root: str | None = None
-    normalization: str | None = None  # checkpoint (None), dataset, imagenet, none or "m1,m2,m3/s1,s2,s3"
-    splits: tuple[str, ...] = ("train",)
-    n_samples: int | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    seed: int = 0
+    sources: SourceSpec = SourceSpec()
     x: Axis = Axis(-1.0, 1.0, 51)
     y: Axis | None = Axis(-1.0, 1.0, 51)
-    xspec: DirectionSpec = DirectionSpec()
-    yspec: DirectionSpec = DirectionSpec()
-    same_dir: bool = False
-    ckpt2: str | None = None  # x direction = theta2 - theta1
-    ckpt3: str | None = None  # y direction = theta3 - theta1
-    dir_file: str | None = None
-    surf_file: str | None = None
-    out: str = "results"
-    loss: str = "cross_entropy"
-    overwrite: bool = False
-    allow_pickle: bool = False
-    max_points: int | None = None
-    progress: bool = True
-    bn_recompute: bool = False  # re-estimate BN running statistics at every point (train split)
-    bn_samples: int | None = None  # samples for that; None: --n-samples, else the whole split
-    precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 | auto (landscape.engine.hardware)
-    fold_bn: bool = True  # fold BatchNorm where exact
-    compile: bool = False
-    compile_mode: str | None = None  # torch.compile's mode (with compile)
-    cuda_fuse: bool = False  # CUDA: conv + ReLU (+ residual) as one cuDNN call (EngineOptions.cuda_fuse)
-    cudnn_benchmark: bool = False  # CUDA: cuDNN picks its fastest algorithms per batch shape
-    points_per_launch: int = 1  # K > 1: K points in each forward pass (landscape.engine.multipoint)
-    threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use (landscape.engine.threads)
-    shard: Shard | None = None  # a job array's share: its own file, <surf>.shard-i-of-N.h5
-    flush_seconds: float = 5.0  # rewrite the surface file at most this often (and at the end, and on SIGTERM)
-    # error bars and adaptive sampling (landscape.sampling.adaptive): None = exact means over the whole set
+    directions: DirectionRequest = DirectionRequest()
+    engine: EngineOptions = EngineOptions()
     sampling: SamplingPlan | None = None
+    data: DataOptions = DataOptions()
+    run: RunOptions = RunOptions()
+    out: str = "results"  # the folder of the surface, its directions and figures
+    surf_file: str | None = None  # default: <out>/<checkpoint stem>_x..._y....h5
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: on the CPU the idle cores this process may use
+    bn_recompute: bool = False  # re-estimate BN statistics at every point from training inputs
+    bn_samples: int | None = None  # training samples for that; None: n_samples, else the whole split
 
 
 @dataclass
@@ -464,7 +433,7 @@ class JobResult:
     surf_file: Path
     dir_file: Path
     arch: str
-    notes: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -473,338 +442,111 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise LandscapeError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+        raise LandscapeError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}", "device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise LandscapeError("device cuda was asked for but no CUDA GPU is available; use cpu", "device")
     return dev
 
 
-def run_job(job: SurfaceJob) -> JobResult:
-    """Compute (or resume) the surface a job describes; returns the surface and where it went.
+def surface_path(job: SurfaceJob, name: str) -> Path:
+    """The surface file of a job: `surf_file`, else `<out>/<name>_x<spec>[_y<spec>].h5`."""
+    if job.surf_file:
+        return Path(job.surf_file)
+    tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
+    return Path(job.out) / f"{name}_{tag.replace(':', '_')}.h5"
 
-    Under torchrun or srun (several ranks, `distributed.dist_info`) every rank loads the model and
-    data, rank 0 makes the directions and alone writes files, and the points are shared out.
+
+def run_job(job: SurfaceJob) -> JobResult:
+    """Compute (or resume) the surface a job describes, through `compute_surface`.
+
+    Under torchrun or srun (several ranks, `distributed.dist_info`) every rank resolves the model
+    and data, rank 0 alone writes files, and the points are shared out.
     """
     info = dist_info()
     device = resolve_device(job.device)
     with Group(info, device) as group:
-        return _run_job(job, group, device)
-
-
-def _check_job(job: SurfaceJob) -> None:
-    if job.threads is not None and job.threads < 1:
-        raise LandscapeError(f"--threads must be >= 1, got {job.threads}")
-    if job.max_points is not None and job.max_points < 0:
-        raise LandscapeError(f"--max-points must be >= 0, got {job.max_points}")
-    if job.batch_size is not None and job.batch_size < 1:
-        raise LandscapeError(f"--batch-size must be >= 1, got {job.batch_size}")
-    EngineOptions(job.precision, compile=job.compile, compile_mode=job.compile_mode)  # its errors before any work
-    if job.points_per_launch < 1:
-        raise LandscapeError(f"--points-per-launch must be >= 1, got {job.points_per_launch}")
-    if job.points_per_launch > 1:
-        clash = [flag for flag, on in (("--tolerance", job.sampling is not None and job.sampling.tolerance is not None),
-                                       ("--compile", job.compile), ("--bn-recompute", job.bn_recompute),
-                                       ("--cuda-fuse", job.cuda_fuse)) if on]
-        if clash:
-            raise LandscapeError(f"--points-per-launch does not combine with {clash[0]}; drop one of them")
-    if not job.flush_seconds >= 0:
-        raise LandscapeError(f"--flush-seconds must be >= 0, got {job.flush_seconds:g}")
-
-
-def _check_writable(folder: Path, flag: str) -> None:
-    """Fail before any work when `folder` cannot hold our files (read-only, a path through a file).
-
-    Creates nothing: an existing folder gets a test file (removed at once), a missing one is
-    checked at its nearest existing parent.
-    """
-    def refuse(why: str):
-        return LandscapeError(f"cannot write to the folder {str(folder)!r} ({why}); pass {flag} with a writable folder")
-
-    if folder.is_dir():
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".landscape-write-test.", dir=folder)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise refuse(e.strerror or type(e).__name__) from None
-        return
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise refuse(f"{parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise refuse(f"{parent} is not writable")
-
-
-def _fingerprint(surf: Surface) -> str:
-    """Names one surface file's run: its stored settings and creation time (a rerun with
-    --overwrite is another run)."""
-    return hashlib.sha256((str(surf.attrs["settings"]) + str(surf.attrs["created"])).encode()).hexdigest()
-
-
-def _check_fits(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
-    """The model takes these images and has an output for every label (one forward pass on 2 samples)."""
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0:
-        raise LandscapeError(f"{what} has label {lo}; labels must be class indices 0..C-1: fix the data file")
-    try:
-        with torch.inference_mode():
-            out = model(x[:2])
-    except RuntimeError as e:
-        raise LandscapeError(f"the model does not take the {what} images, shape {tuple(x.shape[1:])} "
-                             f"({_first_line(e)[:160]}); the checkpoint was trained on other data: pass its --dataset"
-                             ) from None
-    if out.dim() == 2 and hi >= out.shape[1]:
-        raise LandscapeError(f"{what} has labels up to {hi} but the model has {out.shape[1]} outputs; the checkpoint "
-                             "was trained for other classes: pass its --dataset (or fix the labels)")
-
-
-def _run_job(job: SurfaceJob, group: Group, device: torch.device) -> JobResult:
-    notes: list[str] = []
-    error = None
-    try:  # every rank: model and data; errors stop all ranks, rank 0 reports them
-        _check_job(job)
-        check_normalization(job.normalization)
-        device = local_device(group.info, device)
-        precision = resolve_precision(job.precision, device)  # "auto" and emulated low precision
-        if auto_note(job.precision, precision, device):
-            notes.append(auto_note(job.precision, precision, device))
-        ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
-        grid = Grid(job.x, job.y)
-        out = Path(job.out)
-        stem = ckpt_path.stem
-        dir_type = job.xspec.dir_type
-        ends = "".join(f"_to_{Path(c).stem}" for c in (job.ckpt2, job.ckpt3) if c)
-        dir_file = (Path(job.dir_file) if job.dir_file
-                    else out / f"{stem}{ends}_dirs_{dir_type}_{grid.ndim}d_seed{job.seed}.h5")
-        tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
-        surf_file = Path(job.surf_file) if job.surf_file else out / f"{stem}_{tag.replace(':', '_')}.h5"
-        if job.shard is not None:
-            surf_file = job.shard.path(surf_file)
-        if group.is_main:
-            _check_writable(surf_file.parent, "--surf_file" if job.surf_file else "--out")
-            if not dir_file.exists():
-                _check_writable(dir_file.parent, "--dir_file" if job.dir_file else "--out")
-
-        ckpt = load_checkpoint(ckpt_path, allow_pickle=job.allow_pickle)
-        if ckpt.known is not None:
-            notes.append(ckpt.describe_known())
-        model, arch, more = build_model(ckpt, job.arch)
-        notes += more
-        dataset = job.dataset or ckpt.meta.get("dataset")
-        if dataset is None:
-            raise LandscapeError(f"{ckpt_path} does not say which data it was trained on; pass --dataset")
-        normalization, norm_source = resolve_normalization(job.normalization, dataset, ckpt.meta.get("normalization"))
-        if job.normalization not in (None, "checkpoint") or not ckpt.meta.get("normalization"):
-            notes.append(f"input normalization mean {normalization.mean}, std {normalization.std} from {norm_source}"
-                         if normalization is not None else f"no input normalization ({norm_source})")
-        threads_note = set_threads(job.threads, device)
-        if threads_note is not None:
-            notes.append(threads_note)
-        model.to(device)
-
-        splits, populations = {}, {}
-        for split in job.splits:
-            data = load_dataset(dataset, split, job.data_root, job.n_samples, job.seed)
-            if data.note is not None:
-                notes.append(data.note)
-            if job.n_samples is not None and job.n_samples > len(data):
-                notes.append(f"--n-samples {job.n_samples} is more than the {len(data)} samples of {dataset} {split}; "
-                             f"using all {len(data)}")
-            x = data.x.to(device)
-            if normalization is not None:
-                x = normalization.apply(x)
-            y = data.y.to(device)
-            if job.sampling is not None and job.sampling.tolerance is not None and len(y):
-                order = sample_order(len(y), job.sampling.seed).to(device)  # the common random order
-                x, y = x[order], y[order]
-            if len(y):
-                _check_fits(model, x, y, f"{dataset} {split}")
-            splits[split] = (x, y)
-            # the set a fixed subset's SE refers to: known only when the subset is the whole split
-            populations[split] = (len(y) if job.sampling is None or job.sampling.tolerance is not None
-                                  or job.n_samples is None or job.n_samples > len(y) else math.inf)
-        model.eval()
-        tensors = target_tensors(model, dir_type)
-    except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
-        error = e
-    group.agree(error)
-
-    # rank 0 draws (or loads) the directions and saves them; then the other ranks read that file
-    dirs, error = None, None
-    if group.is_main:
-        try:
-            dirs = _directions(job, grid, tensors, ckpt_path.name, dir_file, arch, notes, ckpt.sha256)
-            dirs.check_against(tensors, where=f"direction file {dir_file}")
-        except Exception as e:  # noqa: BLE001
+        notes: list[str] = []
+        error, sources, given, bn_data, surf_file, dir_file = None, None, None, None, None, None
+        try:  # every rank: a failure on one stops all, rank 0 reports it
+            device = local_device(info, device)
+            check_options(job.engine, job.sampling, job.data.stream is True, job.bn_recompute, job.run,
+                          group.world_size > 1)
+            threads_note = set_threads(job.threads, device)
+            if threads_note is not None:
+                notes.append(threads_note)
+            sources = resolve_sources(job.sources, device)
+            notes += sources.notes
+            surf_file = surface_path(job, sources.name)
+            check_writable(surf_file.parent, "surf_file" if job.surf_file else "out_dir")
+            req = job.directions
+            dir_file = Path(req.dir_file) if req.dir_file else directions_path(surf_file)
+            given = _requested_directions(job, sources, dir_file, notes)
+            bn_data = _bn_inputs(job, sources) if job.bn_recompute else None
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then re-raised
             error = e
-    group.agree(error)
-
-    error = None
-    try:
-        if dirs is None:
-            dirs = load_directions(dir_file)
-            dirs.check_against(tensors, where=f"direction file {dir_file}")
-        ys = [dirs.y] if grid.ndim == 2 else []
-        # folding bakes BN statistics into the weights: not with statistics re-estimated per point
-        options = EngineOptions(job.precision, job.fold_bn and not job.bn_recompute, job.compile, job.batch_size,
-                                cuda_fuse=job.cuda_fuse, cudnn_benchmark=job.cudnn_benchmark,
-                                compile_mode=job.compile_mode, points_per_launch=job.points_per_launch)
-        first_x = next(iter(splits.values()))[0] if splits else None
-        example = None
-        if first_x is not None and len(first_x):
-            example = first_x[:options.batch_size or default_batch_size(model, first_x, precision)]
-        engine = prepare_engine(model, dir_type, [dirs.x, *ys], dataclasses.replace(options, precision=precision),
-                                example=example, check_points=grid.corners())
-        setter, nhwc = engine.setter, engine.report.channels_last
-        notes += engine.report.notes()
-        loss_fn = get_loss(job.loss)
-        evaluators = {s: engine.evaluator(x, y, loss_fn, batch_size=options.batch_size) for s, (x, y) in splits.items()}
-        engine_attrs = engine.report.attrs()
-        if precision != "fp32":
-            # the error of the reduced precision at the center, against exact fp32 on the original model
-            first = next(iter(splits))
-            px, py = splits[first]
-            if job.sampling is not None and job.sampling.tolerance is not None:
-                px, py = px[:4096], py[:4096]  # a random subset: the set is in the common random order
-            exact = Evaluator(model, engine.inputs(px), py, loss_fn, engine.batch_size(px, options.batch_size))()[0]
-            setter.set([0.0] * len(setter.dirs))
-            low = engine.evaluator(px, py, loss_fn, batch_size=options.batch_size)()[0]
-            setter.restore()
-            engine_attrs["center_rel_err"] = abs(low - exact) / max(abs(exact), 1e-12)
-            notes.append(f"{precision}: relative loss error at the center {engine_attrs['center_rel_err']:.1e} "
-                         f"({first} loss {low:.6g} vs fp32 {exact:.6g})")
-        bn_samples = None
-        if job.bn_recompute:
-            from landscape.engine.bn import BNRecomputeSetter
-
-            bx = load_dataset(dataset, "train", job.data_root, job.bn_samples or job.n_samples, job.seed).x.to(device)
-            if normalization is not None:
-                bx = normalization.apply(bx)
-            bx = input_layout(bx, nhwc)
-            setter = BNRecomputeSetter(setter, model, bx, batch_size=job.batch_size or 512)
-            bn_samples = len(bx)
-            notes.append(f"BatchNorm statistics re-estimated at every point from {bn_samples} training samples")
-    except Exception as e:  # noqa: BLE001
-        error = e
-    group.agree(error)
-
-    settings = {
-        "arch": arch, "checkpoint_sha256": ckpt.sha256, "dataset": dataset, "splits": list(job.splits),
-        "n_samples": job.n_samples, "sample_seed": job.seed,
-        "normalization": normalization.to_dict() if normalization else None,
-        "directions_sha256": dirs.fingerprint(), "dir_type": dir_type,
-        "x": job.x.spec(), "y": job.y.spec() if job.y is not None else None, "loss": job.loss,
-        "precision": precision,
-    }
-    if bn_samples is not None:  # only when on, so files made before the option still resume
-        settings["bn_recompute"] = {"samples": bn_samples}
-    measures = evaluators
-    if job.sampling is not None:  # error bars (a fixed subset) or adaptive sampling: landscape.sampling.adaptive
-        settings["sampling"] = job.sampling.settings()
-        for ev in evaluators.values():
-            if job.batch_size is None:  # a point grows in whole batches: no batch larger than the first chunk
-                ev.batch_size = min(ev.batch_size, job.sampling.n0)
-        if job.sampling.strata:
-            # the order's file is keyed to the other settings; --overwrite computes it again
-            key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            settings["sampling"]["order"] = stratify_sets(evaluators, setter, job.sampling, group, notes,
-                                                          order_path(surf_file), key,
-                                                          resume=surf_file.exists() and not job.overwrite)
-        if job.sampling.multilevel:
-            measures = {s: MultilevelMeasure(ev, job.sampling, grid, populations[s]) for s, ev in evaluators.items()}
-        elif job.points_per_launch > 1:
-            measures = {s: SampledBlockMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
-        else:
-            measures = {s: SampledMeasure(ev, job.sampling, populations[s]) for s, ev in evaluators.items()}
-    attrs = {
-        "model": arch, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt.sha256, "dataset": dataset,
-        "splits": ",".join(job.splits), "n_samples": {s: len(e) for s, e in evaluators.items()},
-        "seed": job.seed, "loss_name": job.loss, "dir_type": dir_type, "directions": dirs.attrs,
-        "device": str(device), "batch_size": next(iter(evaluators.values())).batch_size, "engine": engine_attrs,
-        "ranks": group.world_size,
-    }
-    surf = compute_surface(setter, measures, grid, surf_file, settings, attrs, str(dir_file),
-                           overwrite=job.overwrite, flush_seconds=job.flush_seconds, max_points=job.max_points,
-                           progress=job.progress, shard=job.shard, group=group, notes=notes)
-    return JobResult(surf, surf_file, dir_file, arch, notes)
+        group.agree(error)
+        req = job.directions
+        surf = compute_surface(
+            sources.model, sources.data, sources.loss, sources.metrics, x=job.x, y=job.y, directions=given,
+            seed=req.seed, norm=req.xspec.norm, ignore=req.xspec.ignore, dir_type=req.xspec.dir_type, out=surf_file,
+            dir_file=dir_file, device=device, engine=job.engine, sampling=job.sampling, data_options=job.data,
+            run=job.run, bn_data=bn_data, populations=sources.populations, provenance=sources.provenance,
+            group=group, notes=notes)
+    shard_file = job.run.shard.path(surf_file) if job.run.shard is not None else surf_file
+    return JobResult(surf, shard_file, dir_file, sources.arch or sources.name, notes)
 
 
-def _directions(job: SurfaceJob, grid: Grid, tensors, ckpt_name: str, dir_file: Path, arch: str,
-                notes: list[str], ckpt_sha256: str | None = None) -> Directions:
-    """Load the direction file if it exists (checking it fits the request), else make and save one."""
-    # filter-normalized directions depend on the checkpoint's weights: a default-named file is
-    # reused only for the same checkpoint (an explicit --dir_file may serve another one)
-    want = {"dir_type": job.xspec.dir_type, "kind": "random" if job.ckpt2 is None else "interpolation",
-            "checkpoint_sha256": ckpt_sha256}
-    if job.ckpt2 is None:
-        want.update(kind="random", seed=job.seed, xnorm=job.xspec.norm, xignore=job.xspec.ignore)
-        if grid.ndim == 2 and job.ckpt3 is None:
-            want.update(same_dir=job.same_dir, ynorm=job.yspec.norm, yignore=job.yspec.ignore)
-    if dir_file.exists() and not (job.overwrite and job.dir_file is None):
-        try:
-            dirs = load_directions(dir_file)
-        except LandscapeError as e:
-            fix = ("pass --overwrite to draw new directions" if job.dir_file is None
-                   else "pass a direction file written by plot_surface.py, or omit --dir_file")
-            raise LandscapeError(f"{e}; {fix}") from None
-        if job.dir_file is None:  # a default name: its settings must be the ones asked for
-            diffs = [f"{k}: {dirs.attrs.get(k)!r} vs {v!r}" for k, v in want.items() if dirs.attrs.get(k) != v]
-            if diffs:
-                raise LandscapeError(
-                    f"direction file {dir_file} was made with other settings ({'; '.join(diffs[:3])}); "
-                    "pass --overwrite or --dir_file"
-                )
-        if grid.ndim == 2 and dirs.y is None:
-            raise LandscapeError(f"direction file {dir_file} has only an x direction; a 2-D surface needs both")
+def _requested_directions(job: SurfaceJob, sources: Sources, dir_file: Path, notes: list[str]) -> Any:
+    """What `compute_surface` gets as `directions` for the request: the direction file when one is
+    named and exists; the plane through the checkpoints; random directions whose y differs from x
+    (another norm or ignore, or y = x); else None (random, drawn there)."""
+    req, ndim = job.directions, 1 if job.y is None else 2
+    model = sources.model
+    if req.dir_file and dir_file.exists():
         notes.append(f"reusing directions from {dir_file}")
-        return dirs
+        return dir_file
+    if req.ckpt2 is None and (ndim == 1 or (req.yspec == req.xspec and not req.same_dir)):
+        return None
+    tensors = target_tensors(model, req.xspec.dir_type)
+    if req.ckpt2 is None:
+        return make_directions(tensors, req.xspec, req.seed, ndim, req.same_dir, req.yspec)
+    s = job.sources
+
+    def other(path: str) -> list[torch.Tensor]:
+        m = load_endpoint(path, sources.arch or s.arch, s.model_def, s.model_kwargs, s.allow_pickle)
+        return [t for _, t in target_tensors(m, req.xspec.dir_type)]
+
     ws = [w for _, w in tensors]
-    if job.ckpt2 is not None:
-        x = interpolation_direction(ws, _other_weights(job, job.ckpt2, arch, job.xspec.dir_type))
-        dirs = Directions(x, None, [n for n, _ in tensors], {"kind": "interpolation", "model_file2": job.ckpt2,
-                                                              "dir_type": job.xspec.dir_type})
-        if grid.ndim == 2:
-            if job.ckpt3 is not None:
-                dirs.y = interpolation_direction(ws, _other_weights(job, job.ckpt3, arch, job.xspec.dir_type))
-                dirs.attrs["model_file3"] = job.ckpt3
-            else:
-                g = torch.Generator().manual_seed(job.seed)
-                dirs.y = random_direction(ws, job.yspec.norm, job.yspec.ignore, generator=g)
-                dirs.attrs.update(seed=job.seed, ynorm=job.yspec.norm, yignore=job.yspec.ignore)
-    else:
-        dirs = make_directions(tensors, job.xspec, job.seed, grid.ndim, job.same_dir, job.yspec)
-    dirs.attrs.update(arch=arch, checkpoint=ckpt_name, checkpoint_sha256=ckpt_sha256)
-    _save_directions(dir_file, dirs)
+    dirs = Directions(interpolation_direction(ws, other(req.ckpt2)), None, [n for n, _ in tensors],
+                      {"kind": "interpolation", "model_file2": req.ckpt2, "dir_type": req.xspec.dir_type})
+    if ndim == 2:
+        if req.ckpt3 is not None:
+            dirs.y = interpolation_direction(ws, other(req.ckpt3))
+            dirs.attrs["model_file3"] = req.ckpt3
+        else:
+            g = torch.Generator().manual_seed(req.seed)
+            dirs.y = random_direction(ws, req.yspec.norm, req.yspec.ignore, generator=g)
+            dirs.attrs.update(seed=req.seed, ynorm=req.yspec.norm, yignore=req.yspec.ignore)
     return dirs
 
 
-def _save_directions(path: Path, dirs: Directions) -> None:
-    """save_directions through a temporary name of this process's own, then an atomic rename.
+def _bn_inputs(job: SurfaceJob, sources: Sources) -> torch.Tensor:
+    """Training inputs to re-estimate BatchNorm statistics from (`bn_samples`, else `n_samples`)."""
+    from landscape.sources.data import load_dataset
 
-    The shards of a job array start together and may all write the same direction file; each
-    writes identical contents, and a reader sees one whole file or another, never a mix.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".h5", dir=path.parent)
-    os.close(fd)
-    try:
-        save_directions(tmp, dirs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    s = job.sources
+    n = job.bn_samples or s.n_samples
+    dataset = sources.provenance.get("dataset")
+    if dataset is None:
+        train = sources.data.get("train")
+        if isinstance(train, tuple) and isinstance(train[0], torch.Tensor):
+            return train[0] if n is None else train[0][:n]
+        raise LandscapeError("bn_recompute needs training inputs as tensors: a built-in data set, or a data definition "
+                             "whose train split returns (x, y)", "bn_recompute")
+    x = load_dataset(dataset, "train", s.data_root, n, s.seed).x
+    norm = sources.provenance.get("normalization")
+    if norm:
+        from landscape.sources.data import Normalization
 
-
-def _other_weights(job: SurfaceJob, path: str, arch: str, dir_type: str) -> list[torch.Tensor]:
-    other, _, _ = build_model(load_checkpoint(path, allow_pickle=job.allow_pickle), arch)
-    return [t for _, t in target_tensors(other, dir_type)]
-
-
-def default_checkpoint() -> Path:
-    """The bundled checkpoint of the embedded default (a ResNet-20 trained on digits)."""
-    path = Path(__file__).resolve().parents[1] / "checkpoints" / "digits_resnet20.pt"
-    if not path.is_file():
-        raise LandscapeError(f"the bundled checkpoint {path} is missing; reinstall from a full checkout or pass --ckpt")
-    return path
+        x = Normalization.from_dict(norm).apply(x)
+    return x

@@ -29,7 +29,8 @@ from landscape.directions import save_directions  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
 from landscape.plot.surface import save_figure  # noqa: E402
-from landscape.surface import SurfaceJob, resolve_device, run_job  # noqa: E402
+from landscape.sources import SourceSpec  # noqa: E402
+from landscape.surface import DirectionRequest, SurfaceJob, resolve_device, run_job  # noqa: E402
 from landscape.train import TrainConfig  # noqa: E402
 from landscape.trajectory import (DEFAULT_RUNS, Path2D, covering_axes, run_statistics, train_runs,  # noqa: E402
                                   trajectory_figure, trajectory_pca, write_projection)
@@ -130,8 +131,9 @@ def main(argv=None) -> dict:
 
     x, y = covering_axes(pca.coords, args.num, args.margin)
     t1 = time.time()
-    res = run_job(SurfaceJob(ckpt=str(best.final), x=x, y=y, dir_file=str(dir_file), n_samples=args.n_samples,
-                             device=args.device, out=str(out), threads=args.threads,
+    res = run_job(SurfaceJob(sources=SourceSpec(ckpt=str(best.final), n_samples=args.n_samples), x=x, y=y,
+                             directions=DirectionRequest(dir_file=str(dir_file)), device=args.device, out=str(out),
+                             threads=args.threads,
                              surf_file=str(out / f"joint_pca_surface_{pca.directions.fingerprint()[:8]}.h5")))
     surf = res.surface
     t_surface = time.time() - t1

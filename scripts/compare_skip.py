@@ -23,7 +23,9 @@ from landscape.analysis import THRESHOLD, stats_table_markdown, surface_stats  #
 from landscape.sources.data import DATASETS  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
-from landscape.surface import SurfaceJob, run_job  # noqa: E402
+from landscape.config import RunOptions  # noqa: E402
+from landscape.sources import SourceSpec  # noqa: E402
+from landscape.surface import DirectionRequest, SurfaceJob, run_job  # noqa: E402
 
 DEFAULT_CKPTS = ("digits_resnet20.pt", "digits_resnet20_noshort.pt", "digits_resnet56.pt", "digits_resnet56_noshort.pt")
 DEFAULT_GRID = "-1:1:21"  # CPU-friendly; the paper uses -1:1:51
@@ -95,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     for ckpt in ckpts:
         t0 = time.perf_counter()
         result = run_job(SurfaceJob(
-            ckpt=str(ckpt), dataset=args.dataset, data_root=args.data_root, n_samples=args.n_samples,
-            device=args.device, seed=args.seed, x=x, y=y, out=str(out), overwrite=args.overwrite,
-            progress=not args.no_progress,
+            sources=SourceSpec(ckpt=str(ckpt), dataset=args.dataset, data_root=args.data_root,
+                               n_samples=args.n_samples, seed=args.seed),
+            directions=DirectionRequest(seed=args.seed), device=args.device, x=x, y=y, out=str(out),
+            run=RunOptions(overwrite=args.overwrite, progress=not args.no_progress),
         ))
         surf = result.surface
         for note in result.notes:

@@ -135,7 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_job(args: argparse.Namespace):
-    from landscape.hessian.job import HessianJob
+    from landscape.config import RunOptions
+    from landscape.hessian.job import CurvatureSpec, HessianJob
+    from landscape.sources import SourceSpec
 
     if args.no_map:
         x = y = None
@@ -149,19 +151,20 @@ def build_job(args: argparse.Namespace):
     if args.dir_type != "weights":
         raise LandscapeError(f"--dir_type {args.dir_type}: curvature maps move parameters only; use weights")
     normalization = check_normalization(args.normalization.strip())
-    return HessianJob(
-        ckpt=args.ckpt, arch=args.model, dataset=args.dataset, data_root=args.data_root,
-        normalization=None if normalization == "checkpoint" else normalization, split=args.split,
-        hessian_samples=args.hessian_samples, batch_size=args.batch_size,
-        device="cuda" if args.cuda else args.device, seed=args.seed, x=x, y=y, xdir=args.xdir, ydir=args.ydir,
-        xspec=DirectionSpec("weights", args.xnorm, args.xignore), yspec=DirectionSpec("weights", args.ynorm, args.yignore),
-        hessian_scale=args.hessian_scale, dir_tol=args.direction_tol, dir_max_iter=args.direction_max_iter,
-        dir_file=args.dir_file, surf_file=args.surf_file, out=args.out, loss=args.loss, tol=args.tol,
-        max_iter=args.max_iter, hvp=args.hvp, spectrum=args.spectrum, top_k=args.top_k,
-        trace_samples=args.trace_samples, spectrum_iter=args.spectrum_iter, spectrum_runs=args.spectrum_runs,
-        overwrite=args.overwrite, allow_pickle=args.allow_pickle, max_points=args.max_points,
-        progress=not args.no_progress, threads=args.threads,
-    )
+    sources = SourceSpec(ckpt=args.ckpt, arch=args.model, allow_pickle=args.allow_pickle, dataset=args.dataset,
+                         data_root=args.data_root, normalization=None if normalization == "checkpoint" else normalization,
+                         splits=(args.split,), n_samples=args.hessian_samples, seed=args.seed, loss=args.loss)
+    curvature = CurvatureSpec(tol=args.tol, max_iter=args.max_iter, hvp=args.hvp, batch_size=args.batch_size,
+                              spectrum=args.spectrum, top_k=args.top_k, trace_samples=args.trace_samples,
+                              spectrum_iter=args.spectrum_iter, spectrum_runs=args.spectrum_runs,
+                              hessian_scale=args.hessian_scale, dir_tol=args.direction_tol,
+                              dir_max_iter=args.direction_max_iter)
+    run = RunOptions(overwrite=args.overwrite, max_points=args.max_points, progress=not args.no_progress)
+    return HessianJob(sources=sources, x=x, y=y, xdir=args.xdir, ydir=args.ydir,
+                      xspec=DirectionSpec("weights", args.xnorm, args.xignore),
+                      yspec=DirectionSpec("weights", args.ynorm, args.yignore), seed=args.seed, curvature=curvature,
+                      run=run, out=args.out, surf_file=args.surf_file, dir_file=args.dir_file,
+                      device="cuda" if args.cuda else args.device, threads=args.threads)
 
 
 def _titles(args: argparse.Namespace, paths: list[str]) -> list[str]:
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare or args.compare_spectra:
         return compare(args)
     from landscape.hessian.job import ratio_stats, run_hessian_job
-    from landscape.surface import Interrupted
+    from landscape.sweep import Interrupted
 
     job = build_job(args)
     try:

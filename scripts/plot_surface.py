@@ -20,16 +20,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landscape.sources.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
+from landscape.config import DataOptions, RunOptions  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, NORMS, DirectionSpec  # noqa: E402
 from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
-from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
+from landscape.engine import EngineOptions  # noqa: E402
 from landscape.engine.evaluate import LOSSES, keep_freed_memory  # noqa: E402
 from landscape.engine.hardware import PRECISION_CHOICES  # noqa: E402
+from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
-from landscape.surface import Interrupted, SurfaceJob, run_job  # noqa: E402
-from landscape.sources.plugins import PluginJob, parse_kwargs, run_plugin_job  # noqa: E402
-from landscape.sampling.adaptive import SamplingPlan  # noqa: E402
+from landscape.sampling import SamplingPlan  # noqa: E402
+from landscape.sources import SourceSpec  # noqa: E402
+from landscape.sources.data import DATASETS, NORMALIZATIONS, check_normalization  # noqa: E402
+from landscape.sources.plugins import parse_kwargs  # noqa: E402
+from landscape.surface import DirectionRequest, Interrupted, SurfaceJob, run_job  # noqa: E402
 
 EXAMPLE = """examples:
   python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
@@ -241,50 +244,43 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
 
 
 def build_job(args: argparse.Namespace) -> SurfaceJob:
+    """The flags as the library's configs (each one checks its own values)."""
     if args.x is None and args.y is None and args.ckpt2 is None:
         args.x = args.y = DEFAULT_GRID
     elif args.x is None:
         raise LandscapeError("--y needs --x too (min:max:num like --x=-1:1:51)")
     dir_type = args.dir_type or ("states" if args.ckpt2 else "weights")
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    bad = [s for s in splits if s not in ("train", "test")]
-    if bad or not splits:
-        raise LandscapeError(f"--split must be train, test or train,test, got {args.splits!r}")
     if args.ckpt3 and not args.ckpt2:
         raise LandscapeError("--model_file3 needs --model_file2 (the plane through three checkpoints)")
     if args.ckpt3 and args.y is None:
         raise LandscapeError("--model_file3 spans the y direction; give --y min:max:num too")
     normalization = check_normalization(args.normalization.strip())
-    return SurfaceJob(
-        ckpt=args.ckpt, arch=args.model, dataset=args.dataset, data_root=args.data_root,
+    sources = SourceSpec(
+        ckpt=args.ckpt, arch=args.model, model_def=args.model_def, model_kwargs=parse_kwargs(args.model_kwargs),
+        allow_pickle=args.allow_pickle, dataset=args.dataset, data_root=args.data_root, data_def=args.data_def,
         normalization=None if normalization == "checkpoint" else normalization, splits=splits,
-        n_samples=args.n_samples, batch_size=args.batch_size, device="cuda" if args.cuda else args.device,
-        seed=args.seed, x=Axis.parse(args.x, "x"), y=Axis.parse(args.y, "y") if args.y is not None else None,
-        xspec=DirectionSpec(dir_type, args.xnorm, args.xignore), yspec=DirectionSpec(dir_type, args.ynorm, args.yignore),
-        same_dir=args.same_dir, ckpt2=args.ckpt2, ckpt3=args.ckpt3, dir_file=args.dir_file,
-        surf_file=args.surf_file, out=args.out, loss=args.loss, overwrite=args.overwrite,
-        allow_pickle=args.allow_pickle, max_points=args.max_points, progress=not args.no_progress,
-        bn_recompute=args.bn_recompute, bn_samples=args.bn_samples, precision=args.precision, fold_bn=not args.no_fold_bn,
-        compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
-        cuda_fuse=args.cuda_fuse, cudnn_benchmark=args.cudnn_benchmark, points_per_launch=args.points_per_launch,
-        threads=args.threads,
-        shard=Shard.parse(args.shard) if args.shard is not None else None, flush_seconds=args.flush_seconds,
-        sampling=sampling_plan(args),
-    )
-
-
-def plugin_job(args: argparse.Namespace) -> PluginJob | None:
-    """The plug-in settings when any plug-in or streaming flag is given (they run through the Python API)."""
-    if not (args.model_def or args.data_def or args.loss_def or args.metric_def or args.stream
-            or args.memory_budget is not None):
-        return None
-    if args.points_per_launch > 1:
-        raise LandscapeError("--points-per-launch is for the built-in models and data held on the device; with "
-                             "plug-ins or --stream use --points-per-pass")
-    return PluginJob(model_def=args.model_def, model_kwargs=parse_kwargs(args.model_kwargs), data_def=args.data_def,
-                     loss_def=args.loss_def, metric_defs=tuple(args.metric_def) if args.metric_def else None,
-                     stream=True if args.stream else None, points_per_pass=args.points_per_pass,
-                     num_workers=args.num_workers, memory_budget_mb=args.memory_budget)
+        n_samples=args.n_samples, seed=args.seed, loss=args.loss, loss_def=args.loss_def,
+        metric_defs=tuple(args.metric_def) if args.metric_def else None)
+    directions = DirectionRequest(DirectionSpec(dir_type, args.xnorm, args.xignore),
+                                  DirectionSpec(dir_type, args.ynorm, args.yignore), args.same_dir, args.seed,
+                                  args.ckpt2, args.ckpt3, args.dir_file)
+    engine = EngineOptions(args.precision, not args.no_fold_bn and not args.bn_recompute,
+                           args.compile or args.compile_mode is not None, args.batch_size,
+                           points_per_launch=args.points_per_launch, cuda_fuse=args.cuda_fuse,
+                           cudnn_benchmark=args.cudnn_benchmark, compile_mode=args.compile_mode)
+    data = DataOptions(stream=True if args.stream else None, points_per_pass=args.points_per_pass,
+                       memory_budget=int(args.memory_budget * 2**20) if args.memory_budget is not None else None,
+                       num_workers=args.num_workers)
+    run = RunOptions(overwrite=args.overwrite, max_points=args.max_points, progress=not args.no_progress,
+                     shard=Shard.parse(args.shard) if args.shard is not None else None,
+                     flush_seconds=args.flush_seconds)
+    if args.threads is not None and args.threads < 1:
+        raise LandscapeError(f"--threads must be >= 1, got {args.threads}")
+    return SurfaceJob(sources=sources, x=Axis.parse(args.x, "x"), y=Axis.parse(args.y, "y") if args.y is not None else None,
+                      directions=directions, engine=engine, sampling=sampling_plan(args), data=data, run=run,
+                      out=args.out, surf_file=args.surf_file, device="cuda" if args.cuda else args.device,
+                      threads=args.threads, bn_recompute=args.bn_recompute, bn_samples=args.bn_samples)
 
 
 @exit_on_error
@@ -299,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.default_malloc:
             keep_freed_memory()
         job = build_job(args)
-        plugins = plugin_job(args)
-        result = run_job(job) if plugins is None else run_plugin_job(job, plugins)
+        result = run_job(job)
     except PeerError:
         raise SystemExit(2) from None  # another rank failed; rank 0 says why
     except LandscapeError:
@@ -317,17 +312,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     surf = result.surface
     status = f"{int(surf.done.sum())}/{surf.done.size} points done"
-    if job.shard is not None:
-        mine = job.shard.owns(np.arange(surf.done.size))
+    if job.run.shard is not None:
+        mine = job.run.shard.owns(np.arange(surf.done.size))
         ours = int(surf.done.reshape(-1)[mine].sum())
-        status += f"; shard {job.shard.spec()}: {ours}/{int(mine.sum())} of its points"
+        status += f"; shard {job.run.shard.spec()}: {ours}/{int(mine.sum())} of its points"
     print(f"surface:    {result.surf_file}  ({status})")
     print(f"directions: {result.dir_file}")
     if args.plot or not argv:
         from landscape.plot.surface import plot_surface_figures
 
         stem = result.surf_file.with_suffix("")
-        metrics = ["train_loss"] if "train" in job.splits else ["test_loss"]
+        metrics = ["train_loss"] if "train" in job.sources.splits else ["test_loss"]
         for metric in metrics:
             paths = plot_surface_figures(surf, stem, metric=metric, vmin=args.vmin, vmax=args.vmax,
                                          vlevel=args.vlevel, zlim=args.zlim, log=args.log)

@@ -21,7 +21,11 @@ from landscape.directions import DIR_TYPES, IGNORES, save_directions  # noqa: E4
 from landscape.errors import exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.plot.surface import save_figure  # noqa: E402
-from landscape.surface import SurfaceJob, run_job  # noqa: E402
+from landscape.config import RunOptions  # noqa: E402
+from landscape.directions import DirectionSpec  # noqa: E402
+from landscape.engine import EngineOptions  # noqa: E402
+from landscape.sources import SourceSpec  # noqa: E402
+from landscape.surface import DirectionRequest, SurfaceJob, run_job  # noqa: E402
 from landscape.trajectory import (Path2D, covering_axes, project_trajectory, snapshot_paths,  # noqa: E402
                                   trajectory_figure, trajectory_pca, write_projection)
 
@@ -95,9 +99,12 @@ def main(argv=None) -> dict:
         auto_x, auto_y = covering_axes(coords, args.num, args.margin)
         x = Axis.parse(args.x, "x") if args.x else auto_x
         y = Axis.parse(args.y, "y") if args.y else auto_y
-        job = SurfaceJob(ckpt=str(final), arch=args.model, dataset=args.dataset, data_root=args.data_root,
-                         n_samples=args.n_samples, batch_size=args.batch_size, device=args.device, x=x, y=y,
-                         dir_file=str(dir_file), out=str(out), overwrite=args.overwrite,
+        job = SurfaceJob(sources=SourceSpec(ckpt=str(final), arch=args.model, dataset=args.dataset,
+                                            data_root=args.data_root, n_samples=args.n_samples),
+                         engine=EngineOptions(batch_size=args.batch_size), device=args.device, x=x, y=y,
+                         directions=DirectionRequest(DirectionSpec(args.dir_type), DirectionSpec(args.dir_type),
+                                                     dir_file=str(dir_file)),
+                         out=str(out), run=RunOptions(overwrite=args.overwrite),
                          surf_file=str(out / f"{final.stem}_pca_{args.dir_type}_surface_"
                                             f"{pca.directions.fingerprint()[:8]}.h5"))
         res = run_job(job)

@@ -60,3 +60,50 @@ def plot_surface() -> ModuleType:
 @pytest.fixture(scope="session")
 def merge() -> ModuleType:
     return load_script("merge_surfaces")
+
+
+_RUN = ("overwrite", "max_points", "progress", "shard", "flush_seconds")
+_ENGINE = ("precision", "batch_size", "fold_bn", "compile", "compile_mode", "points_per_launch", "cuda_fuse",
+           "cudnn_benchmark", "fuse", "prepack", "channels_last")
+_SOURCES = ("ckpt", "arch", "dataset", "data_root", "normalization", "splits", "n_samples", "loss", "allow_pickle",
+            "model_def", "data_def", "loss_def", "metric_defs", "model_kwargs")
+_DIRECTIONS = ("xspec", "yspec", "same_dir", "ckpt2", "ckpt3", "dir_file")
+
+
+def surface_job(**kw):
+    """A `landscape.surface.SurfaceJob` from flat keyword arguments, each put in its config (the tests'
+    shorthand; `seed` goes to the sources and the directions, as the command line's --seed)."""
+    from landscape.config import RunOptions
+    from landscape.engine import EngineOptions
+    from landscape.sources import SourceSpec
+    from landscape.surface import DirectionRequest, SurfaceJob
+
+    seed = kw.pop("seed", 0)
+    run = RunOptions(**{k: kw.pop(k) for k in _RUN if k in kw})
+    engine = EngineOptions(**{k: kw.pop(k) for k in _ENGINE if k in kw})
+    sources = SourceSpec(seed=seed, **{k: kw.pop(k) for k in _SOURCES if k in kw})
+    directions = DirectionRequest(seed=seed, **{k: kw.pop(k) for k in _DIRECTIONS if k in kw})
+    return SurfaceJob(sources=sources, directions=directions, engine=engine, run=run, **kw)
+
+
+_DATA = ("stream", "points_per_pass", "memory_budget", "num_workers")
+_ENGINE_ONLY = tuple(k for k in _ENGINE if k not in ("precision", "batch_size"))
+
+
+def api_kwargs(**kw) -> dict:
+    """`compute_surface` keyword arguments from flat ones, each put in its config (the tests'
+    shorthand): run, data and engine settings become RunOptions, DataOptions and EngineOptions."""
+    from landscape.config import DataOptions, RunOptions
+    from landscape.engine import EngineOptions
+
+    run = {k: kw.pop(k) for k in _RUN if k in kw}
+    data = {k: kw.pop(k) for k in _DATA if k in kw}
+    engine = {k: kw.pop(k) for k in _ENGINE_ONLY if k in kw}
+    if run:
+        kw["run"] = RunOptions(**run)
+    if data:
+        kw["data_options"] = DataOptions(**data)
+    if engine:
+        kw["engine"] = EngineOptions(precision=kw.pop("precision", "fp32"), batch_size=kw.pop("batch_size", None),
+                                     **engine)
+    return kw

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import landscape as ll  # noqa: E402
+from landscape.config import DataOptions, RunOptions  # noqa: E402
 from landscape.engine import EngineOptions  # noqa: E402
 from landscape.grid import Grid  # noqa: E402
 from landscape.errors import LandscapeError  # noqa: E402
 from landscape.engine.hardware import is_native  # noqa: E402
 
+QUIET = RunOptions(progress=False)
 REL = 1e-6  # fp32 paths: relative difference of the mean loss allowed against plain evaluation
 BF16_REL = 1e-2  # bf16: its rounding (measured here: at most 2.3e-3; the engine stores its error at the center)
 N = 37  # samples: batches of 16 leave a short last one
@@ -470,12 +472,12 @@ PATHS = {  # name -> compute_surface keyword arguments (besides the data, loss a
                                          batch_size=BATCH)),
     "channels_last": dict(engine=EngineOptions(fold_bn=False, fuse=False, channels_last=True, batch_size=BATCH)),
     "default": dict(),  # the API's defaults, batch size included
-    "K=3": dict(batch_size=BATCH, points_per_launch=3),
-    "stream": dict(batch_size=BATCH, stream=True),
+    "K=3": dict(engine=EngineOptions(batch_size=BATCH, points_per_launch=3)),
+    "stream": dict(batch_size=BATCH, data_options=DataOptions(stream=True)),
     "states": dict(batch_size=BATCH, dir_type="states"),
     "interpolation": dict(batch_size=BATCH, dir_type="states"),
     "bf16": dict(batch_size=BATCH, precision="bf16"),
-    "compile": dict(batch_size=BATCH, compile=True),
+    "compile": dict(engine=EngineOptions(batch_size=BATCH, compile=True)),
 }
 COMPILED = ("conv_twice", "dict_output")  # compile is slow on the CPU: a few models
 
@@ -526,7 +528,7 @@ def run_path(case: Case, path: str) -> Outcome:
         data = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, N, BATCH)]
     try:
         surf = ll.compute_surface(copy.deepcopy(model), data, loss=case.loss, metrics={}, x=xa, y=ya,
-                                  directions=dirs, dir_type=dir_type, progress=False, **kwargs)
+                                  directions=dirs, dir_type=dir_type, run=QUIET, **kwargs)
     except LandscapeError as e:
         return Outcome(refused=str(e))
     coords = [tuple(p) for p in Grid(xa, ya).points()]

@@ -13,10 +13,11 @@ import torch.nn as nn
 from landscape.sampling.adaptive import (SampledMeasure, SamplingPlan, estimate, forwards_used, mean_se, order_path,
                                 sample_order)
 from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, as_flags
 from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis
-from landscape.surface import SurfaceJob, run_job
+from conftest import surface_job
+from landscape.surface import run_job
 
 
 class Shift(nn.Module):
@@ -107,8 +108,9 @@ def test_the_vmax_rule_asks_for_z_vmax_standard_errors() -> None:
     assert strict.n > 64 and strict.steps[0][1] == pytest.approx(lax.loss, rel=1e-12)
     assert all(m - 3.5 * e <= 10.0 for _, m, e in strict.steps[:-1])  # no earlier stop was allowed
     assert strict.loss - 3.5 * strict.loss_se > 10.0 or 2 * strict.loss_se <= plan.tolerance or strict.n == len(ev)
-    with pytest.raises(LandscapeError, match="--z-vmax must be > 0"):
+    with pytest.raises(LandscapeError, match="z_vmax must be > 0") as e:
         SamplingPlan(tolerance=0.1, z_vmax=0.0)
+    assert as_flags(e.value).startswith("--z-vmax must be > 0")  # the command line's words
 
 
 def test_common_random_numbers_neighbouring_points_read_the_same_samples() -> None:
@@ -146,10 +148,10 @@ def test_tolerance_zero_equals_the_exact_evaluation_bit_for_bit(digits_ckpt, dig
     assert (sampled[0], sampled[2]) == exact  # bit for bit
 
 
-def job(ckpt, out, **kw) -> SurfaceJob:
+def job(ckpt, out, **kw):
     kw.setdefault("sampling", SamplingPlan(tolerance=0.5, n0=32, vmax=10.0))
-    return SurfaceJob(ckpt=str(ckpt), n_samples=128, device="cpu", x=Axis(-1, 1, 3), y=Axis(-1, 1, 3),
-                      out=str(out), progress=False, **kw)
+    return surface_job(ckpt=str(ckpt), n_samples=128, device="cpu", x=Axis(-1, 1, 3), y=Axis(-1, 1, 3), out=str(out),
+                       progress=False, **kw)
 
 
 def test_adaptive_job_resumes_bit_for_bit_and_checks_its_settings(digits_ckpt, tmp_path) -> None:
@@ -201,7 +203,7 @@ def test_cli_tolerance_defaults_to_a_quarter_of_vlevel(plot_surface) -> None:
 def test_mean_se_edge_cases() -> None:
     assert math.isnan(mean_se([3.0, 9.0], 1)[1])  # one sample: no SE
     assert mean_se([6.0, 20.0], 2) == (3.0, 1.0)  # values 2 and 4: s = sqrt(2), SE = 1
-    with pytest.raises(LandscapeError, match="--tolerance"):
+    with pytest.raises(LandscapeError, match="tolerance must be >= 0"):
         SamplingPlan(tolerance=-1.0)
 
 
@@ -336,5 +338,6 @@ def test_cli_stratify(plot_surface) -> None:
     assert plan.strata == 64
     with pytest.raises(LandscapeError, match="--stratify needs --tolerance"):
         plot_surface.build_job(plot_surface.parse_args(["--n-samples", "100", "--stratify"]))
-    with pytest.raises(LandscapeError, match="at least 2 strata"):
+    with pytest.raises(LandscapeError, match="strata must be 0 or at least 2") as e:
         SamplingPlan(tolerance=0.1, strata=1)
+    assert as_flags(e.value).startswith("--stratify must be 0 or at least 2")

@@ -87,8 +87,8 @@ def test_cli_end_to_end(plot_surface, capsys, tmp_path: Path, first100) -> None:
     assert "note: recognized resnet20-12fca82f.th" in out
     surf = read_surface(tmp_path / "resnet20-12fca82f_x-0.1_0.1_3.h5")
     assert surf.done.all()
-    assert surf.settings["arch"] == "resnet20"
-    assert surf.settings["normalization"] == IMAGENET_NORMALIZATION.to_dict()
+    assert surf.attrs["model"] == "resnet20"
+    assert surf.attrs["normalization"] == IMAGENET_NORMALIZATION.to_dict()
     _, direct = accuracy(ckpt, first100)
     assert surf.metrics["train_acc"][1] == direct >= 0.9  # x = 0 is the checkpoint itself
 

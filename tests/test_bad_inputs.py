@@ -146,7 +146,7 @@ CASES = [
          ("is not a readable HDF5 direction file", "or omit --dir_file")),
     # the surface file
     Case("surface-other-settings", lambda w: [*w.base("--surf_file", str(w.out / "s.h5")), "--n-samples", "32"],
-         ("s.h5 was computed with other settings (n_samples: 16 -> 32)", "pass --overwrite")),
+         ("s.h5 was computed with other settings (data.train.samples: 16 -> 32", "pass --overwrite")),
     Case("surface-corrupt", lambda w: w.base("--surf_file", str(w.junk_h5)),
          ("is not a readable HDF5 surface file", "pass --overwrite to replace it")),
     Case("surface-truncated", lambda w: w.base("--surf_file", str(w.truncated_h5)),
@@ -154,7 +154,7 @@ CASES = [
     Case("surface-is-a-folder", lambda w: w.base("--surf_file", str(w.out)),
          ("out is a folder; give --surf_file a file name",)),
     Case("surface-of-a-shard", lambda w: w.base("--surf_file", str(w.sh / "a.shard-0-of-2.h5")),
-         ("holds shard 0/2, not the whole surface", "pass --shard 0/2 to continue it")),
+         ("holds share 0/2, not the whole surface", "pass --shard 0/2 to continue it")),
     Case("surface-locked-elsewhere", lambda w: w.base("--surf_file", str(w.out / "locked.h5")),
          ("locked.h5 is being written by pid 4242 on host node042", "if it is no longer running, delete")),
     Case("out-not-writable", lambda w: w.base("--out", str(w.a_file / "sub")),
@@ -187,7 +187,7 @@ CASES = [
     # merging shards
     Case("merge-other-settings", lambda w: [str(w.sh / "a.shard-0-of-2.h5"), str(w.sh / "b.shard-1-of-2.h5"),
                                             "--out", str(w.sh / "m.h5")],
-         ("b.shard-1-of-2.h5 was computed with other settings than", "n_samples: 16 vs 32",
+         ("b.shard-1-of-2.h5 was computed with other settings than", "data.train.samples: 16 vs 32",
           "merge only the shards of one job"), "merge"),
     Case("merge-points-disagree", lambda w: [str(w.sh / "a.shard-0-of-2.h5"), str(w.sh / "tampered.shard-0-of-2.h5")],
          ("disagree at 1 point(s) both computed (first at x=-1, y=-1: train_loss", "merge only one of them"), "merge"),
@@ -239,7 +239,7 @@ def test_n_samples_above_the_data_size_uses_all_of_it_with_a_note(plot_surface, 
     out = capsys.readouterr().out
     assert "note: --n-samples 5000 is more than the 360 samples of digits test; using all 360" in out
     surf = read_surface(next(p for p in tmp_path.glob("*.h5") if "dirs" not in p.name))
-    assert json.loads(surf.attrs["n_samples"]) == {"test": 360}
+    assert surf.attrs["n_samples"] == {"test": 360}
 
 
 def test_a_bad_flag_in_a_shell_is_one_line(tmp_path) -> None:

@@ -42,6 +42,7 @@ def test_each_mode_has_the_surface_flags_that_reproduce_it(mode) -> None:
 
     opts, k = benchmark.MODES[mode], benchmark.PER_LAUNCH.get(mode, 1)
     job = plot_surface.build_job(plot_surface.parse_args(["--ckpt", "m.pt", *benchmark.surface_flags(opts, k)]))
-    assert (job.precision, job.fold_bn, job.compile, job.compile_mode, job.cuda_fuse, job.cudnn_benchmark,
-            job.points_per_launch) == (opts.precision, opts.fold_bn, opts.compile, opts.compile_mode, opts.cuda_fuse,
-                                       opts.cudnn_benchmark, k)
+    e = job.engine
+    assert (e.precision, e.fold_bn, e.compile, e.compile_mode, e.cuda_fuse, e.cudnn_benchmark,
+            e.points_per_launch) == (opts.precision, opts.fold_bn, opts.compile, opts.compile_mode, opts.cuda_fuse,
+                                     opts.cudnn_benchmark, k)

@@ -114,19 +114,19 @@ def test_surface_file_of_another_run(plot_surface, capsys, digits_ckpt: Path, tm
             "--out", str(tmp_path), *SMALL]
     assert plot_surface.main([*base, "--seed", "0"]) == 0
     first = read_surface(surf_file)
-    assert first.done.all() and first.settings["sample_seed"] == 0
+    assert first.done.all() and first.attrs["sample_seed"] == 0
     capsys.readouterr()
 
-    line = run_error(plot_surface, capsys, [*base, "--seed", "1"])
+    line = run_error(plot_surface, capsys, [*base, "--seed", "1"])  # another subset and other directions
     assert f"{surf_file} was computed with other settings" in line
-    assert "sample_seed: 0 -> 1" in line
+    assert "data.train.sha256: " in line and "directions_sha256: " in line
     assert "--overwrite" in line
     unchanged = read_surface(surf_file)  # the refused run left the file alone
     assert np.array_equal(unchanged.metrics["train_loss"], first.metrics["train_loss"])
 
     assert plot_surface.main([*base, "--seed", "1", "--overwrite"]) == 0
     second = read_surface(surf_file)
-    assert second.done.all() and second.settings["sample_seed"] == 1
+    assert second.done.all() and second.attrs["sample_seed"] == 1
     assert second.settings["directions_sha256"] != first.settings["directions_sha256"]
     # the center is theta0 for both runs; different samples give a different loss there
     assert not np.array_equal(second.metrics["train_loss"], first.metrics["train_loss"])
@@ -187,7 +187,7 @@ def test_bn_recompute_is_wired_through_the_cli(plot_surface, capsys, digits_ckpt
     out = capsys.readouterr().out
     assert "BatchNorm statistics re-estimated at every point from 64 training samples" in out
     plain, bn = read_surface(tmp_path / "plain.h5"), read_surface(tmp_path / "bn.h5")
-    assert bn.settings["bn_recompute"] == {"samples": 64} and "bn_recompute" not in plain.settings
+    assert bn.settings["bn_recompute"]["samples"] == 64 and "bn_recompute" not in plain.settings
     assert not np.array_equal(plain.metrics["train_loss"], bn.metrics["train_loss"])
     assert bn.done.all() and np.isfinite(bn.metrics["train_loss"]).all()
 
@@ -256,14 +256,15 @@ def test_points_per_launch_gives_the_one_point_surface_and_resumes(plot_surface,
         np.testing.assert_array_equal(three.metrics[name], one.metrics[name])
     for name in three.metrics:
         np.testing.assert_array_equal(resumed.metrics[name], three.metrics[name])
-    assert json.loads(three.attrs["engine"])["points_per_launch"] == 3
+    assert three.attrs["engine"]["points_per_launch"] == 3
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
     (["--points-per-launch", "0"], "--points-per-launch must be >= 1, got 0"),
-    (["--points-per-launch", "2", "--tolerance", "0.5"], "--points-per-launch does not combine with --tolerance"),
-    (["--points-per-launch", "2", "--compile"], "--points-per-launch does not combine with --compile"),
-    (["--points-per-launch", "2", "--stream"], "--points-per-launch is for the built-in models"),
+    (["--points-per-launch", "2", "--tolerance", "0.5"], "--points-per-launch > 1 does not combine with --tolerance"),
+    (["--points-per-launch", "2", "--compile"], "--points-per-launch > 1 does not combine with --compile"),
+    (["--points-per-launch", "2", "--stream"], "--points-per-launch > 1 does not combine with --stream (streamed data "
+                                               "is evaluated --points-per-pass points at a time)"),
 ])
 def test_points_per_launch_bad_combinations(plot_surface, capsys, tmp_path: Path, flags, expected) -> None:
     line = run_error(plot_surface, capsys, ["--x=-1:1:3", "--out", str(tmp_path), *flags, *SMALL])

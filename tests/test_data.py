@@ -600,7 +600,7 @@ def test_resolve_normalization() -> None:
     (["--normalization=0.5,0.5,0.5/0.2,0.2,0.2"], "0.5,0.5,0.5/0.2,0.2,0.2"),
 ])
 def test_normalization_flag(plot_surface, flag: list[str], expected: str | None) -> None:
-    assert plot_surface.build_job(plot_surface.parse_args(["--x=-1:1:3", *flag])).normalization == expected
+    assert plot_surface.build_job(plot_surface.parse_args(["--x=-1:1:3", *flag])).sources.normalization == expected
 
 
 def test_normalization_flag_error_is_one_line(plot_surface, capsys, tmp_path: Path) -> None:
@@ -618,10 +618,10 @@ def test_normalization_is_recorded_and_checked_on_resume(plot_surface, capsys, d
     assert plot_surface.main([*base, "--normalization", "0.5/0.25"]) == 0
     assert "note: input normalization mean (0.5,), std (0.25,) from --normalization" in capsys.readouterr().out
     surf = read_surface(tmp_path / "digits_r20_x-1_1_3.h5")
-    assert surf.settings["normalization"] == {"mean": [0.5], "std": [0.25]}
-    with pytest.raises(SystemExit):
+    assert surf.attrs["normalization"] == {"mean": [0.5], "std": [0.25]}
+    with pytest.raises(SystemExit):  # other inputs: the data's sha256 differs
         plot_surface.main([*base, "--normalization", "none"])
-    assert "computed with other settings (normalization:" in capsys.readouterr().err
+    assert "computed with other settings (data.train.sha256:" in capsys.readouterr().err
     assert plot_surface.main([*base, "--normalization", "none", "--overwrite"]) == 0
     assert "note: no input normalization (--normalization none)" in capsys.readouterr().out
-    assert read_surface(tmp_path / "digits_r20_x-1_1_3.h5").settings["normalization"] is None
+    assert read_surface(tmp_path / "digits_r20_x-1_1_3.h5").attrs["normalization"] is None

@@ -11,6 +11,7 @@ import torch
 import landscape as ll
 from exactness_zoo import (BATCH, BF16_REL, CASES, COMPILED, PATHS, REL, ZOO, Case, build, plain_losses,
                            randomize_bn_, run_path)
+from landscape.config import RunOptions
 from landscape.engine import compile_refusal
 from landscape.errors import LandscapeError
 from landscape.grid import Grid
@@ -128,7 +129,7 @@ def test_a_batch_mean_loss_gives_the_per_sample_surface():
     x, y = case.data()
     dirs = [ll.directions.random(model, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
     kw = dict(metrics={}, x=ll.Axis(-0.5, 0.5, 3), y=ll.Axis(-0.4, 0.4, 2), directions=dirs, batch_size=BATCH,
-              progress=False)
+              run=RunOptions(progress=False))
     mean_loss = lambda out, t: case.loss(out, t).mean()  # noqa: E731 - a 0-dim batch mean
     per = ll.compute_surface(model, (x, y), loss=case.loss, **kw).metrics["train_loss"]
     mean = ll.compute_surface(model, (x, y), loss=mean_loss, **kw).metrics["train_loss"]
@@ -139,7 +140,7 @@ def test_batch_statistics_are_evaluated_in_one_batch_or_refused():
     case = CASES["bn_batch_statistics"]
     model = build(case)
     x, y = case.data()
-    kw = dict(metrics={}, x=ll.Axis(-0.5, 0.5, 3), y=None, progress=False, loss=case.loss)
+    kw = dict(metrics={}, x=ll.Axis(-0.5, 0.5, 3), y=None, run=RunOptions(progress=False), loss=case.loss)
     notes = []
     surf = ll.compute_surface(model, (x, y), notes=notes, **kw)
     assert any("each set evaluated as one batch" in n for n in notes)
@@ -174,7 +175,7 @@ def test_transformers_models_fold_through_torch_export():
         case = Case(name, lambda: model, lambda: (x, y), loss)
         dirs = [ll.directions.random(model, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
         surf = ll.compute_surface(copy.deepcopy(model), (x, y), loss=loss, metrics={}, x=xa, y=ya, directions=dirs,
-                                  progress=False)
+                                  run=RunOptions(progress=False))
         engine = surf.attrs["engine"]
         engine = json.loads(engine) if isinstance(engine, str) else engine
         n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

@@ -14,7 +14,8 @@ from landscape.grid import Axis, Grid
 from landscape.hessian.operator import (CurvatureMeasure, HessianOperator, compute_spectrum, curvature_directions, eig_ratio,
                                extreme_eigs, hutchinson_trace, lanczos, spectral_density, vflatten, vunflatten)
 from landscape.storage import read_surface
-from landscape.surface import compute_surface
+from landscape.config import RunOptions
+from landscape.sweep import sweep
 
 EIGS = np.array([-0.7, -0.2, 0.0, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0])  # the quadratic's spectrum
 
@@ -106,8 +107,7 @@ def test_quadratic_ratio_map_is_constant(tmp_path):
     dirs = make_directions(tensors, DirectionSpec(), seed=0, ndim=2)
     setter = PointSetter([t for _, t in tensors], [dirs.x, dirs.y])
     measure = CurvatureMeasure(op, tol=1e-8, max_iter=50, seed=0)
-    surf = compute_surface(setter, {"": measure}, Grid(Axis(-1, 1, 3), Axis(-1, 1, 3)), tmp_path / "q.h5",
-                           {"quadratic": 1}, progress=False)
+    surf = sweep(setter, {"": measure}, Grid(Axis(-1, 1, 3), Axis(-1, 1, 3)), tmp_path / "q.h5", {"quadratic": 1}, run=RunOptions(progress=False))
     assert set(surf.metrics) == {"max_eig", "min_eig"} and surf.done.all()
     np.testing.assert_allclose(surf.metrics["max_eig"], 4.0, atol=1e-8)
     np.testing.assert_allclose(surf.metrics["min_eig"], -0.7, atol=1e-8)
@@ -223,8 +223,8 @@ def test_map_resumes_like_the_loss_surface(tmp_path):
     def run(path, **kw):
         op = HessianOperator(model, x, y, loss_fn=ce64, batch_size=16)
         setter = PointSetter([t for _, t in tensors], [dirs.x, dirs.y])
-        return compute_surface(setter, {"": CurvatureMeasure(op, tol=1e-6, seed=0)}, grid, path, {"m": 1},
-                               progress=False, **kw)
+        return sweep(setter, {"": CurvatureMeasure(op, tol=1e-6, seed=0)}, grid, path, {"m": 1},
+                     run=RunOptions(progress=False, **kw))
 
     whole = run(tmp_path / "whole.h5")
     part = run(tmp_path / "part.h5", max_points=4)
@@ -272,10 +272,17 @@ def test_script_map_spectrum_plots_resume_and_compare(hessian_script, digits_ckp
     surf = read_surface(surf_file)
     assert surf.done.all() and set(surf.metrics) == {"max_eig", "min_eig"}
     assert (surf.metrics["max_eig"] >= surf.metrics["min_eig"]).all()
-    assert surf.settings["hessian_samples"] == 24 and surf.settings["tol"] == 1e-2
-    # the same plane as plot_surface's: the direction file has its name and settings
-    assert (out / "digits_r20_dirs_weights_2d_seed0.h5").is_file()
-    for name in ("digits_r20_hessian_x-0.5_0.5_2_y-0.5_0.5_2_eig_ratio_2dheat.png", "digits_r20_hessian_spectrum.png"):
+    assert surf.settings["data"]["train"]["samples"] == 24 and surf.settings["tol"] == 1e-2
+    # the same plane as plot_surface's for the seed: the directions compute_surface draws
+    from landscape.directions import DirectionSpec, load_directions, make_directions, target_tensors
+    from landscape.sources.checkpoint import build_model, load_checkpoint
+
+    model, _, _ = build_model(load_checkpoint(digits_ckpt))
+    drawn = make_directions(target_tensors(model, "weights"), DirectionSpec(), 0, 2)
+    assert load_directions(out / "digits_r20_hessian_x-0.5_0.5_2_y-0.5_0.5_2_dirs.h5").fingerprint() == drawn.fingerprint()
+    assert surf.settings["directions_sha256"] == drawn.fingerprint()
+    for name in ("digits_r20_hessian_x-0.5_0.5_2_y-0.5_0.5_2_eig_ratio_2dheat.png",
+                 "digits_r20_hessian_spectrum_n24_seed0.png"):
         assert (out / name).is_file()
     # a rerun resumes: nothing left to compute, the spectrum is reused
     assert hessian_script.main(argv) == 0
@@ -289,7 +296,7 @@ def test_script_map_spectrum_plots_resume_and_compare(hessian_script, digits_ckp
     # figures from stored files only
     stem = tmp_path / "cmp"
     assert hessian_script.main(["--compare", str(surf_file), str(surf_file), "--titles", "a", "b",
-                                "--compare-spectra", *[str(out / "digits_r20_hessian_spectrum.h5")] * 2,
+                                "--compare-spectra", *[str(out / "digits_r20_hessian_spectrum_n24_seed0.h5")] * 2,
                                 "--out", str(stem)]) == 0
     assert (tmp_path / "cmp.png").is_file() and (tmp_path / "cmp_spectrum.png").is_file()
     assert "a: |min/max| center" in capsys.readouterr().out

@@ -14,7 +14,10 @@ from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
 from landscape.sampling.multilevel import (PARENT_VMAX, Hierarchy, MultilevelMeasure, axis_levels, coarsest_stride,
                                   level_share, samples_path)
-from landscape.surface import SurfaceJob, compute_surface, run_job
+from landscape.config import RunOptions
+from conftest import surface_job
+from landscape.surface import run_job
+from landscape.sweep import sweep
 
 
 class Poly(nn.Module):
@@ -201,10 +204,10 @@ def test_tolerance_zero_uses_the_whole_set_and_equals_the_exact_means() -> None:
         assert rows[p][0] == pytest.approx(exact, rel=1e-13)
 
 
-def job(ckpt, out, **kw) -> SurfaceJob:
+def job(ckpt, out, **kw):
     kw.setdefault("sampling", SamplingPlan(tolerance=0.3, n0=32, vmax=10.0, multilevel=True))
-    return SurfaceJob(ckpt=str(ckpt), n_samples=256, device="cpu", x=Axis(-1, 1, 9), y=Axis(-1, 1, 5),
-                      out=str(out), progress=False, **kw)
+    return surface_job(ckpt=str(ckpt), n_samples=256, device="cpu", x=Axis(-1, 1, 9), y=Axis(-1, 1, 5), out=str(out),
+                       progress=False, **kw)
 
 
 def test_multilevel_job_resumes_bit_for_bit_and_counts_its_forwards(digits_ckpt, tmp_path) -> None:
@@ -249,7 +252,7 @@ def test_a_resume_reads_the_ancestors_values_from_the_sample_store(tmp_path) -> 
 
     def run(path, **kw):
         m, setter = measure(x, y, grid, plan)
-        surf = compute_surface(setter, {"train": m}, grid, path, {"case": 1}, progress=False, **kw)
+        surf = sweep(setter, {"train": m}, grid, path, {"case": 1}, run=RunOptions(progress=False, **kw))
         return surf, m.forwards
 
     whole, whole_forwards = run(tmp_path / "whole.h5")
@@ -263,7 +266,7 @@ def test_a_resume_reads_the_ancestors_values_from_the_sample_store(tmp_path) -> 
             store.unlink()
         elif name == "other":  # a store from another run (other settings): not trusted
             m, setter = measure(x, y, grid, plan)
-            compute_surface(setter, {"train": m}, grid, tmp_path / "o.h5", {"case": 2}, progress=False, max_points=30)
+            sweep(setter, {"train": m}, grid, tmp_path / "o.h5", {"case": 2}, run=RunOptions(progress=False, max_points=30))
             samples_path(tmp_path / "o.h5").replace(store)
         resumed, forwards = run(path)
         for m in ("train_loss", "train_loss_se", "train_n", "train_control"):
@@ -282,10 +285,10 @@ def test_a_torn_sample_store_is_started_afresh(tmp_path) -> None:
     grid = Grid(Axis(-1, 1, 9), None)
     plan = SamplingPlan(tolerance=0.3, n0=32, low_loss=0.0, multilevel=True)
     m, setter = measure(x, y, grid, plan)
-    whole = compute_surface(setter, {"train": m}, grid, tmp_path / "w.h5", {}, progress=False)
+    whole = sweep(setter, {"train": m}, grid, tmp_path / "w.h5", {}, run=RunOptions(progress=False))
     m, setter = measure(x, y, grid, plan)
-    compute_surface(setter, {"train": m}, grid, tmp_path / "t.h5", {}, progress=False, max_points=4)
+    sweep(setter, {"train": m}, grid, tmp_path / "t.h5", {}, run=RunOptions(progress=False, max_points=4))
     samples_path(tmp_path / "t.h5").write_bytes(b"not an HDF5 file")  # as a kill mid-write might leave it
     m, setter = measure(x, y, grid, plan)
-    resumed = compute_surface(setter, {"train": m}, grid, tmp_path / "t.h5", {}, progress=False)
+    resumed = sweep(setter, {"train": m}, grid, tmp_path / "t.h5", {}, run=RunOptions(progress=False))
     np.testing.assert_array_equal(resumed.metrics["train_loss"], whole.metrics["train_loss"])

@@ -81,7 +81,7 @@ def test_the_setter_must_move_the_evaluated_model():
     _, setter, _ = folded(model, x)  # moves the folded copy, not `model`
     with pytest.raises(LandscapeError, match="not tensors of the evaluated model"):
         MultiPointEvaluator(model, x, y).block(setter, POINTS)
-    with pytest.raises(LandscapeError, match="--points-per-launch must be >= 1"):
+    with pytest.raises(LandscapeError, match="points_per_launch must be >= 1"):
         MultiPointEvaluator(model, x, y, points_per_pass=0)
 
 

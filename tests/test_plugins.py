@@ -1,6 +1,5 @@
 """--model-def / --data-def / --loss-def / --metric-def from a file written here; bad specs are one line."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,8 @@ def test_cli_plugins_equal_the_api(plot_surface, defs: Path, tmp_path: Path) -> 
     model = mod.make_model(width=5)
     api = ll.compute_surface(model, {s: mod.make_data(s) for s in ("train", "test")}, mod.half_sq,
                              {"within": mod.within}, x=ll.Axis(-1, 1, 3), y=ll.Axis(-1, 1, 3), seed=2,
-                             out=tmp_path / "api.h5", progress=False)
+                             out=tmp_path / "api.h5", run=ll.RunOptions(progress=False))
+    assert api.settings == cli.settings  # the same job through both doors: the same settings
     for m in cli.metrics:
         assert np.array_equal(api.metrics[m], cli.metrics[m]), m
     # a DataLoader from --data-def streams, K points per pass, to the same values
@@ -74,7 +74,7 @@ def test_cli_plugins_equal_the_api(plot_surface, defs: Path, tmp_path: Path) -> 
             "--surf_file", str(tmp_path / "stream.h5"), "--no-progress"]
     assert plot_surface.main(argv) == 0
     streamed = read_surface(tmp_path / "stream.h5")
-    assert json.loads(streamed.attrs["evaluation"]) == {"train": "stream"}
+    assert streamed.attrs["evaluation"] == {"train": "stream"}
     np.testing.assert_allclose(streamed.metrics["train_loss"], cli.metrics["train_loss"], rtol=1e-6)
 
 
@@ -106,7 +106,7 @@ def test_bad_plugin_flags_through_the_cli(plot_surface, capsys, defs: Path, tmp_
     for extra, expected in [
         (["--data-def", f"{defs}:make_data", "--loss-def", f"{defs}:nope"], "--loss-def"),
         (["--data-def", f"{defs}:make_data", "--metric-def", f"{defs}:within"], "expected NAME=FILE.py:fn"),
-        ([], "without --data-def, pass --dataset"),
+        ([], "does not say which data it was trained on; pass --dataset (or --data-def)"),
         (["--data-def", f"{defs}:make_data", "--points-per-pass", "0"], "--points-per-pass must be >= 1"),
     ]:
         with pytest.raises(SystemExit) as e:
@@ -144,7 +144,7 @@ def test_model_def_with_checkpoint_and_cli_resume(plot_surface, capsys, defs: Pa
     assert plot_surface.main(args) == 0  # resumes: the other 7 points
     cli = read_surface(tmp_path / "s.h5")
     api = ll.compute_surface(model, mod.make_data("train"), mod.half_sq, x=ll.Axis(-1, 1, 4), y=ll.Axis(-1, 1, 3),
-                             progress=False)
+                             run=ll.RunOptions(progress=False))
     assert cli.done.all() and np.array_equal(cli.metrics["train_loss"], api.metrics["train_loss"])
     with pytest.raises(SystemExit):  # a checkpoint of another width
         plot_surface.main([*args[:3], '{"width": 4}', *args[4:]])  # args[3] is the kwargs

@@ -25,7 +25,8 @@ from landscape.errors import LandscapeError
 from landscape.engine.evaluate import Evaluator, PointSetter
 from landscape.grid import Axis, Grid
 from landscape.storage import SurfaceLock, lock_path, read_surface
-from landscape.surface import Interrupted, compute_surface
+from landscape.config import RunOptions
+from landscape.sweep import Interrupted, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "plot_surface.py"
@@ -102,7 +103,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(plot_
         assert bits(resumed, m) == bits(ref, m), (m, seed, kills)
     # no lock and no temporary file of a killed writer is left
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["ref.h5", "killed.h5", f"{digits_ckpt.stem}_dirs_weights_2d_seed0.h5"]), (seed, kills)
+        ["ref.h5", "ref_dirs.h5", "killed.h5", "killed_dirs.h5"]), (seed, kills)
 
 
 def test_sigterm_flushes_before_exit_and_a_second_writer_is_refused(plot_surface, capsys, digits_ckpt,
@@ -185,7 +186,7 @@ def test_a_signal_finishes_the_point_flushes_and_stops(linear_setup, tmp_path, s
     measure = Counting(ev, signum, signal_at=3)
     before = signal.getsignal(signum)
     with pytest.raises(Interrupted) as e:
-        compute_surface(setter, {"train": measure}, grid, path, {}, flush_seconds=1e9, progress=False)
+        sweep(setter, {"train": measure}, grid, path, {}, run=RunOptions(flush_seconds=1e9, progress=False))
     assert e.value.signum == signum
     assert str(e.value) == (f"stopped by {signal.Signals(signum).name}: 3/12 points are saved in {path}; "
                             "rerun the same command to continue")
@@ -193,8 +194,8 @@ def test_a_signal_finishes_the_point_flushes_and_stops(linear_setup, tmp_path, s
     saved = read_surface(path)
     assert np.flatnonzero(saved.done).tolist() == [0, 1, 2]  # the point being evaluated was finished
     assert not lock_path(path).exists()
-    full = compute_surface(setter, {"train": Counting(ev)}, grid, tmp_path / "f.h5", {}, progress=False)
-    resumed = compute_surface(setter, {"train": Counting(ev)}, grid, path, {}, progress=False)
+    full = sweep(setter, {"train": Counting(ev)}, grid, tmp_path / "f.h5", {}, run=RunOptions(progress=False))
+    resumed = sweep(setter, {"train": Counting(ev)}, grid, path, {}, run=RunOptions(progress=False))
     for m in full.metrics:
         assert resumed.metrics[m].tobytes() == full.metrics[m].tobytes()
 
@@ -205,13 +206,13 @@ def test_non_finite_values_are_stored_as_computed_and_not_recomputed(linear_setu
     grid = Grid(Axis(-1, 1, 5))
     path = tmp_path / "n.h5"
     setter1 = PointSetter([t for t in setter.live], [setter.dirs[0]])
-    compute_surface(setter1, {"train": Counting(None, values=values)}, grid, path, {}, progress=False)
+    sweep(setter1, {"train": Counting(None, values=values)}, grid, path, {}, run=RunOptions(progress=False))
     back = read_surface(path)
     assert back.done.all()
     loss = back.metrics["train_loss"]
     assert np.isnan(loss[0]) and loss[1:].tolist() == [np.inf, -np.inf, 0.0, -1.0]
     again = Counting(None, values=values)
-    compute_surface(setter1, {"train": again}, grid, path, {}, progress=False)
+    sweep(setter1, {"train": again}, grid, path, {}, run=RunOptions(progress=False))
     assert again.calls == 0  # `done` decides: NaN, inf, 0 and -1 are values, not "not computed"
 
 

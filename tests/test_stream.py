@@ -10,6 +10,7 @@ import landscape as ll
 from landscape.errors import LandscapeError
 from landscape.engine.evaluate import Evaluator, batch_sums
 from landscape.engine.stream import StreamEvaluator
+from conftest import api_kwargs
 
 GRID = dict(x=ll.Axis(-1, 1, 4), y=ll.Axis(-0.5, 0.5, 3))
 
@@ -28,7 +29,7 @@ def data():
 
 def surface(model, data, tmp_path, name, **kw):
     kw = {"metrics": {"acc": ll.metrics.accuracy}, "batch_size": 32, "progress": False, **GRID, **kw}
-    return ll.compute_surface(model, data, out=tmp_path / f"{name}.h5", **kw)
+    return ll.compute_surface(model, data, out=tmp_path / f"{name}.h5", **api_kwargs(**kw))
 
 
 def test_stream_equals_resident_for_k_1_and_k_3(data, tmp_path):
@@ -143,10 +144,10 @@ def test_dict_and_tuple_inputs_are_spread_into_the_model(tmp_path):
     as_dict = [({"ids": ids[i:i + 8], "mask": mask[i:i + 8]}, y[i:i + 8]) for i in range(0, 24, 8)]
     as_tuple = [((ids[i:i + 8], mask[i:i + 8]), y[i:i + 8]) for i in range(0, 24, 8)]
     kw = {"x": ll.Axis(-1, 1, 3), "y": None, "progress": False, "points_per_pass": 2}
-    a = ll.compute_surface(model, as_dict, **kw)
-    b = ll.compute_surface(model, as_tuple, **kw)
+    a = ll.compute_surface(model, as_dict, **api_kwargs(**kw))
+    b = ll.compute_surface(model, as_tuple, **api_kwargs(**kw))
     plain = nn.Sequential(nn.Linear(4, 3))
     plain[0].load_state_dict(model.lin.state_dict())
-    c = ll.compute_surface(plain, (ids * mask, y), batch_size=8, **kw)
+    c = ll.compute_surface(plain, (ids * mask, y), **api_kwargs(batch_size=8, **kw))
     assert np.array_equal(a.metrics["train_loss"], b.metrics["train_loss"])
     np.testing.assert_allclose(a.metrics["train_loss"], c.metrics["train_loss"], rtol=1e-6)

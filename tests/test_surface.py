@@ -7,11 +7,12 @@ import torch.nn as nn
 
 from landscape.sources.data import DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import DirectionSpec, make_directions, target_tensors
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, as_flags
 from landscape.engine.evaluate import Evaluator, PointSetter, cross_entropy
 from landscape.grid import Axis, Grid
 from landscape.storage import read_surface
-from landscape.surface import compute_surface
+from landscape.config import RunOptions
+from landscape.sweep import sweep
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_linear_model_surface_equals_closed_form_on_non_square_grid(digits, tmp_
     Dx, Dy = dirs.x[0].double().numpy(), dirs.y[0].double().numpy()
     assert np.count_nonzero(dirs.x[1].numpy()) == 0  # bias ignored (biasbn)
     grid = Grid(Axis(-1, 1, 5), Axis(-0.5, 0.5, 3))  # 5 x-points, 3 y-points
-    surf = compute_surface(setter, evs, grid, tmp_path / "s.h5", {"t": 1}, progress=False)
+    surf = sweep(setter, evs, grid, tmp_path / "s.h5", {"t": 1}, run=RunOptions(progress=False))
     assert surf.metrics["train_loss"].shape == (3, 5) and surf.done.all()
     x = digits[0].flatten(1).double().numpy()
     y = digits[1].numpy()
@@ -74,7 +75,7 @@ def test_center_equals_direct_evaluation_and_theta0_is_restored_bit_exactly(digi
     before = {k: v.clone() for k, v in model.state_dict().items()}
     direct = Evaluator(model, *digits)()
     _, setter, evs = setup(model, digits)
-    surf = compute_surface(setter, evs, Grid(Axis(-1, 1, 3), Axis(-1, 1, 3)), tmp_path / "c.h5", {}, progress=False)
+    surf = sweep(setter, evs, Grid(Axis(-1, 1, 3), Axis(-1, 1, 3)), tmp_path / "c.h5", {}, run=RunOptions(progress=False))
     assert surf.metrics["train_loss"][1, 1] == direct[0]
     assert surf.metrics["train_acc"][1, 1] == direct[1]
     assert surf.metrics["train_loss"][0, 0] != direct[0]
@@ -86,7 +87,7 @@ def test_each_value_lands_at_its_own_xy(digits, tmp_path):
     model = linear_model(3)
     _, setter, evs = setup(model, digits, seed=2)
     grid = Grid(Axis(0, 0.8, 5), Axis(-0.3, 0.3, 3))
-    surf = compute_surface(setter, evs, grid, tmp_path / "p.h5", {}, progress=False)
+    surf = sweep(setter, evs, grid, tmp_path / "p.h5", {}, run=RunOptions(progress=False))
     for iy, cy in enumerate(grid.y.coords()):
         for ix, cx in enumerate(grid.x.coords()):
             setter.set((cx, cy))
@@ -98,9 +99,9 @@ def test_batched_equals_one_batch(digits, tmp_path):
     model = linear_model(4)
     _, setter, evs = setup(model, digits, batch_size=7)
     grid = Grid(Axis(-1, 1, 3), Axis(-1, 1, 3))
-    small = compute_surface(setter, evs, grid, tmp_path / "a.h5", {}, progress=False)
+    small = sweep(setter, evs, grid, tmp_path / "a.h5", {}, run=RunOptions(progress=False))
     _, setter, evs = setup(model, digits, batch_size=None)
-    whole = compute_surface(setter, evs, grid, tmp_path / "b.h5", {}, progress=False)
+    whole = sweep(setter, evs, grid, tmp_path / "b.h5", {}, run=RunOptions(progress=False))
     np.testing.assert_allclose(small.metrics["train_loss"], whole.metrics["train_loss"], rtol=1e-6)
     np.testing.assert_array_equal(small.metrics["train_acc"], whole.metrics["train_acc"])
 
@@ -112,13 +113,13 @@ def test_resumed_equals_uninterrupted_bit_for_bit(digits, tmp_path):
     model = get_model("resnet20", num_classes=10, in_channels=1).eval()
     grid = Grid(Axis(-1, 1, 4), Axis(-1, 1, 3))
     _, setter, evs = setup(model, digits)
-    full = compute_surface(setter, evs, grid, tmp_path / "full.h5", {"a": 1}, progress=False)
+    full = sweep(setter, evs, grid, tmp_path / "full.h5", {"a": 1}, run=RunOptions(progress=False))
 
     part = tmp_path / "part.h5"
-    s1 = compute_surface(setter, evs, grid, part, {"a": 1}, max_points=5, progress=False)
+    s1 = sweep(setter, evs, grid, part, {"a": 1}, run=RunOptions(max_points=5, progress=False))
     assert int(s1.done.sum()) == 5
     assert int(read_surface(part).done.sum()) == 5
-    resumed = compute_surface(setter, evs, grid, part, {"a": 1}, progress=False)
+    resumed = sweep(setter, evs, grid, part, {"a": 1}, run=RunOptions(progress=False))
     assert resumed.done.all()
     for m in ("train_loss", "train_acc"):
         np.testing.assert_array_equal(resumed.metrics[m], full.metrics[m])
@@ -138,13 +139,13 @@ def test_interrupted_run_keeps_every_computed_point(digits, tmp_path):
     _, setter, evs = setup(model, digits, loss_fn=flaky_loss, batch_size=len(digits[1]))  # one call a point
     path = tmp_path / "i.h5"
     with pytest.raises(KeyboardInterrupt):
-        compute_surface(setter, evs, grid, path, {}, flush_seconds=1e9, progress=False)
+        sweep(setter, evs, grid, path, {}, run=RunOptions(flush_seconds=1e9, progress=False))
     saved = read_surface(path)
     assert int(saved.done.sum()) == 5  # flushed on the way out
     assert np.isnan(saved.metrics["train_loss"][~saved.done]).all()
-    resumed = compute_surface(setter, evs, grid, path, {}, progress=False)
+    resumed = sweep(setter, evs, grid, path, {}, run=RunOptions(progress=False))
     _, setter2, evs2 = setup(model, digits)
-    full = compute_surface(setter2, evs2, grid, tmp_path / "f.h5", {}, progress=False)
+    full = sweep(setter2, evs2, grid, tmp_path / "f.h5", {}, run=RunOptions(progress=False))
     np.testing.assert_array_equal(resumed.metrics["train_loss"], full.metrics["train_loss"])
 
 
@@ -155,7 +156,7 @@ def test_non_finite_losses_are_stored_as_computed(digits, tmp_path):
         return torch.full((len(target),), float("inf"))
 
     _, setter, evs = setup(model, digits, loss_fn=diverging, ndim=1)
-    surf = compute_surface(setter, evs, Grid(Axis(-1, 1, 3)), tmp_path / "n.h5", {}, progress=False)
+    surf = sweep(setter, evs, Grid(Axis(-1, 1, 3)), tmp_path / "n.h5", {}, run=RunOptions(progress=False))
     back = read_surface(tmp_path / "n.h5")
     assert back.done.all() and np.isinf(back.metrics["train_loss"]).all()
     assert surf.ndim == 1 and back.shape == (3,)
@@ -166,11 +167,12 @@ def test_other_settings_on_the_same_file_are_refused(digits, tmp_path):
     _, setter, evs = setup(model, digits, ndim=1)
     grid = Grid(Axis(-1, 1, 3))
     path = tmp_path / "x.h5"
-    compute_surface(setter, evs, grid, path, {"seed": 0}, progress=False)
-    with pytest.raises(LandscapeError, match="--overwrite") as e:
-        compute_surface(setter, evs, grid, path, {"seed": 1}, progress=False)
+    sweep(setter, evs, grid, path, {"seed": 0}, run=RunOptions(progress=False))
+    with pytest.raises(LandscapeError, match="pass overwrite to replace it") as e:
+        sweep(setter, evs, grid, path, {"seed": 1}, run=RunOptions(progress=False))
     assert "seed: 0 -> 1" in str(e.value)
-    compute_surface(setter, evs, grid, path, {"seed": 1}, overwrite=True, progress=False)
+    assert as_flags(e.value).endswith("pass --overwrite to replace it, or another --surf_file to write a new file")
+    sweep(setter, evs, grid, path, {"seed": 1}, run=RunOptions(overwrite=True, progress=False))
     assert read_surface(path).settings == {"seed": 1}
 
 
@@ -189,7 +191,7 @@ def test_point_setter_skips_nothing_that_moves(digits):
 def test_grid_and_directions_must_agree(digits, tmp_path):
     _, setter, evs = setup(linear_model(9), digits, ndim=2)
     with pytest.raises(ValueError, match="2 directions"):
-        compute_surface(setter, evs, Grid(Axis(-1, 1, 3)), tmp_path / "d.h5", {}, progress=False)
+        sweep(setter, evs, Grid(Axis(-1, 1, 3)), tmp_path / "d.h5", {}, run=RunOptions(progress=False))
 
 
 def test_mse_loss_matches_the_reference_definition(digits):

@@ -15,7 +15,8 @@ from landscape.directions import DirectionSpec, load_directions
 from landscape.errors import LandscapeError
 from landscape.engine.evaluate import Evaluator
 from landscape.grid import Axis
-from landscape.surface import SurfaceJob, run_job
+from conftest import surface_job
+from landscape.surface import run_job
 from landscape.trajectory import (covering_axes, path_length, project_trajectory, read_projection, snapshot_paths,
                                   trajectory_pca, write_projection)
 
@@ -224,8 +225,8 @@ def test_plot_trajectory_script_end_to_end(script, trained_snapshots, tmp_path):
 
 def test_interpolation_end_points_are_the_two_checkpoints_own_losses(trained_snapshots, tmp_path):
     a, b = trained_snapshots / "model_1.pt", trained_snapshots / "model_4.pt"
-    res = run_job(SurfaceJob(ckpt=str(a), ckpt2=str(b), x=Axis(0, 1, 2), y=None, n_samples=64, device="cpu",
-                             xspec=DirectionSpec(dir_type="states"), out=str(tmp_path), progress=False))
+    res = run_job(surface_job(ckpt=str(a), ckpt2=str(b), x=Axis(0, 1, 2), y=None, n_samples=64, device="cpu",
+                              xspec=DirectionSpec(dir_type="states"), out=str(tmp_path), progress=False))
     data = load_dataset("digits", "train", n_samples=64, seed=0)
     x = DEFAULT_NORMALIZATION["digits"].apply(data.x)
     own = [Evaluator(build_model(load_checkpoint(p))[0], x, data.y)() for p in (a, b)]
@@ -248,7 +249,8 @@ def test_bn_recompute_on_an_interpolation_path_gives_the_hand_computed_batch_sta
     from landscape.engine.bn import BNRecomputeSetter
     from landscape.directions import interpolation_direction, target_tensors
     from landscape.engine.evaluate import PointSetter
-    from landscape.surface import compute_surface
+    from landscape.config import RunOptions
+    from landscape.sweep import sweep
     from landscape.grid import Grid
     torch.manual_seed(0)
     a, b = bn_net(), bn_net()
@@ -294,8 +296,7 @@ def test_bn_recompute_on_an_interpolation_path_gives_the_hand_computed_batch_sta
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # weights and the checkpoint's statistics, bit for bit
 
-    surf = compute_surface(setter, {"train": Evaluator(model, x, y)}, Grid(Axis(0, 1, 3)), tmp_path / "s.h5",
-                           {"test": 1}, progress=False)
+    surf = sweep(setter, {"train": Evaluator(model, x, y)}, Grid(Axis(0, 1, 3)), tmp_path / "s.h5", {"test": 1}, run=RunOptions(progress=False))
     assert surf.metrics["train_loss"][1] == pytest.approx(expected, rel=1e-6)
     with torch.no_grad():
         stale = F.cross_entropy(model(x), y).item()  # center statistics, no re-estimation

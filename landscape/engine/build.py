@@ -82,7 +82,7 @@ class EngineOptions:
         if self.points_per_launch > 1 and (self.compile or self.cuda_fuse):
             what = "compile" if self.compile else "cuda_fuse"
             raise LandscapeError(f"points_per_launch > 1 does not combine with {what}; drop one of them",
-                                 "points_per_launch")
+                                 ("points_per_launch", what))
 
 
 @dataclass

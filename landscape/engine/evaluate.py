@@ -405,11 +405,11 @@ class Evaluator:
         self.metric_names = ("loss", *self.metrics)
         self._fns = [loss_fn, *self.metrics.values()]
         self.batch_means: set[str] = set()  # metrics whose callable gave batch means: no per-sample SE
-        self.batch_size = batch_size or default_batch_size(model, x, precision)
+        self.batch_size = default_batch_size(model, x, precision) if batch_size is None else batch_size
         if self.batch_size < 1:
-            raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
+            raise LandscapeError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
         if precision not in PRECISIONS:
-            raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise LandscapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
         self.precision = precision
 
     def __len__(self) -> int:

@@ -90,7 +90,7 @@ class MultiPointEvaluator(Evaluator):
                  batch_size: int | None = None, precision: str = "fp32", metrics: Measures | None = None,
                  points_per_pass: int = 4):
         if points_per_pass < 1:
-            raise LandscapeError(f"--points-per-launch must be >= 1, got {points_per_pass}")
+            raise LandscapeError(f"points_per_launch must be >= 1, got {points_per_pass}", "points_per_launch")
         super().__init__(model, x, y, loss_fn, batch_size, precision, metrics)
         if batch_size is None and x.device.type == "cpu":
             self.batch_size = max(1, self.batch_size // points_per_pass)

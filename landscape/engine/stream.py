@@ -9,17 +9,17 @@ its block, so any K (and any number of ranks) gives the same values bit for bit.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, RandomSampler
 
+from landscape.config import DEFAULT_POINTS_PER_PASS
 from landscape.errors import LandscapeError
 from landscape.engine.evaluate import (PRECISIONS, LossFn, PointSetter, batch_sums, check_metrics, cross_entropy, eval_mode,
                                 input_layout, map_tensors)
 
-DEFAULT_POINTS_PER_PASS = 8
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -83,9 +83,9 @@ class StreamEvaluator:
                  metrics: Mapping[str, LossFn] | None = None, device: torch.device | str = "cpu",
                  precision: str = "fp32", points_per_pass: int = DEFAULT_POINTS_PER_PASS, channels_last: bool = False):
         if precision not in PRECISIONS:
-            raise LandscapeError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise LandscapeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}", "precision")
         if points_per_pass < 1:
-            raise LandscapeError(f"--points-per-pass must be >= 1, got {points_per_pass}")
+            raise LandscapeError(f"points_per_pass must be >= 1, got {points_per_pass}", "points_per_pass")
         check_deterministic(data)
         self.model, self.data, self.loss_fn = model, data, loss_fn
         self.metrics = check_metrics(metrics)
@@ -136,6 +136,32 @@ class StreamEvaluator:
                                  "it must give the same samples on every pass")
         self.n_samples = n
         return total, n
+
+    def each_batch(self, setter: PointSetter, points: Sequence[Sequence[float]],
+                   take: Callable[[int, int, torch.Tensor], None], active: Callable[[int], bool]) -> None:
+        """One pass over the data for the points that are `active`: on each batch, for each active
+        point k, move there and pass `take(k, start, sums)` the batch's (len(metric_names), 2) float64
+        sums (as `Evaluator.sums`), `start` the batch's first sample. The pass ends early once no
+        point is active. (Adaptive sampling over streamed data: `sampling.StreamSampledMeasure`.)"""
+        self.model.eval()
+        pos, moved = 0, None
+        for batch in self.data:
+            ks = [k for k in range(len(points)) if active(k)]
+            if not ks:
+                break
+            inputs, targets = split_batch(batch)
+            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
+            if isinstance(inputs, torch.Tensor):
+                inputs = input_layout(inputs, self.channels_last)
+            nb = batch_len(inputs, targets)
+            with eval_mode(self.device, self.precision):
+                for k in ks:
+                    if moved != k:
+                        setter.set(points[k])
+                        moved = k
+                    take(k, pos, batch_sums(forward(self.model, inputs), targets, nb, self._fns, self.metric_names,
+                                            self.batch_means))
+            pos += nb
 
     def block(self, setter: PointSetter, points: Sequence[Sequence[float]]) -> list[list[float]]:
         """The means of `metric_names` at each point, from one pass over the data."""

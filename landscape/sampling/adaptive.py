@@ -41,7 +41,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 
@@ -79,25 +79,27 @@ class SamplingPlan:
 
     def __post_init__(self) -> None:
         if self.tolerance is not None and not self.tolerance >= 0:
-            raise LandscapeError(f"--tolerance must be >= 0, got {self.tolerance}")
+            raise LandscapeError(f"tolerance must be >= 0, got {self.tolerance}", "tolerance")
         if self.n0 < 1:
-            raise LandscapeError(f"--n0 must be >= 1, got {self.n0}")
+            raise LandscapeError(f"n0 must be >= 1, got {self.n0}", "n0")
         if not self.z > 0:
-            raise LandscapeError(f"z must be > 0, got {self.z}")
+            raise LandscapeError(f"z must be > 0, got {self.z}", "z")
         if not self.z_vmax > 0:
-            raise LandscapeError(f"--z-vmax must be > 0, got {self.z_vmax}")
+            raise LandscapeError(f"z_vmax must be > 0, got {self.z_vmax}", "z_vmax")
         if self.n_low < 1:
-            raise LandscapeError(f"--n-low must be >= 1, got {self.n_low}")
+            raise LandscapeError(f"n_low must be >= 1, got {self.n_low}", "n_low")
         if not self.ess_min >= 0:
             raise LandscapeError(f"ess_min must be >= 0, got {self.ess_min}")
         if not self.max_growth > 1:
             raise LandscapeError(f"max_growth must be > 1, got {self.max_growth}")
         if self.multilevel and self.tolerance is None:
-            raise LandscapeError("--multilevel needs --tolerance: it refines points until their bound is below it")
+            raise LandscapeError("multilevel needs tolerance: it refines points until their bound is below it",
+                                 ("multilevel", "tolerance"))
         if self.strata < 0 or self.strata == 1:
-            raise LandscapeError(f"--stratify needs at least 2 strata, got {self.strata}")
+            raise LandscapeError(f"strata must be 0 or at least 2, got {self.strata}", "strata")
         if self.strata and self.tolerance is None:
-            raise LandscapeError("--stratify needs --tolerance: it orders the samples points read a prefix of")
+            raise LandscapeError("strata needs tolerance: it orders the samples points read a prefix of",
+                                 ("strata", "tolerance"))
 
     def settings(self) -> dict:
         out = asdict(self)
@@ -152,12 +154,26 @@ def estimate(sums: SumsFn, size: int, batch: int, plan: SamplingPlan, population
     whole batches), and the batch sums are added in order into one float64 total: with the whole
     set used, the loss is bit for bit what one `Evaluator.sums(0, size)` pass with that batch
     size gives. `population` (default `size`): the size of the set the samples stand for; when
-    it is `size`, using them all is exact (SE 0).
+    it is `size`, using them all is exact (SE 0). (`estimate_steps` is the same rule, driven batch
+    by batch from outside: streamed data.)
     """
+    steps = estimate_steps(size, batch, plan, population)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(sums(*request))
+    except StopIteration as done:
+        return done.value
+
+
+def estimate_steps(size: int, batch: int, plan: SamplingPlan, population: int | None = None
+                   ) -> Generator[tuple[int, int], torch.Tensor, Estimate]:
+    """`estimate` as a generator: it yields each (start, stop) batch range it needs, in order from 0,
+    is sent that range's sums, and returns the Estimate."""
     if size < 1:
-        raise LandscapeError("the evaluation set is empty; check --n-samples and the data set")
+        raise LandscapeError("the evaluation set is empty; check n_samples and the data set", "n_samples")
     if batch < 1:
-        raise LandscapeError(f"--batch-size must be >= 1, got {batch}")
+        raise LandscapeError(f"batch_size must be >= 1, got {batch}", "batch_size")
     population = size if population is None else population
     total = None
     pos = 0
@@ -165,7 +181,7 @@ def estimate(sums: SumsFn, size: int, batch: int, plan: SamplingPlan, population
     steps = []
     while True:
         for i in range(pos, n, batch):
-            s = sums(i, min(i + batch, n))
+            s = yield i, min(i + batch, n)
             total = s if total is None else total + s
         pos = n
         t = total.tolist()  # the one host sync of this step
@@ -467,3 +483,50 @@ def forwards_used(surf, prefix: str = "train") -> tuple[int, int]:
     size = set_size(surf, prefix)
     size = size if size is not None else int(np.nanmax(surf.metrics[key][done]))
     return used, int(done.sum()) * size
+
+
+class StreamSampledMeasure:
+    """`SampledMeasure` over streamed data (`landscape.engine.stream.StreamEvaluator`): in one pass over
+    the batches per block of points, each point takes the batches its stopping rule asks for
+    (`estimate_steps`, the same rule as resident data) and the pass ends once every point of the
+    block has stopped. With a tolerance the batches must come in the common random order (the
+    caller reorders the data: `surface.compute_surface`) and be `batch_size` samples each."""
+
+    def __init__(self, evaluator, plan: SamplingPlan, size: int, batch_size: int, population: int | None = None):
+        if evaluator.metric_names[0] != "loss":
+            raise ValueError(f"the evaluator's first metric must be the loss, got {evaluator.metric_names}")
+        self.evaluator, self.plan, self.size, self.batch_size = evaluator, plan, size, batch_size
+        self.population = population
+        self.points_per_pass = evaluator.points_per_pass
+        self.metric_names = tuple(x for m in evaluator.metric_names for x in (m, f"{m}_se")) + ("n",)
+        self.forwards = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def block(self, setter, points) -> list[list[float]]:
+        steps = [estimate_steps(self.size, self.batch_size, self.plan, self.population) for _ in points]
+        wanted = [next(g) for g in steps]
+        results: list[Estimate | None] = [None] * len(points)
+
+        def take(k: int, start: int, sums: torch.Tensor) -> None:
+            if wanted[k][0] != start:
+                raise LandscapeError(f"the streamed batches are not {self.batch_size} samples each; adaptive sampling "
+                                     "needs batches of one size (the last may be shorter)", "batch_size")
+            try:
+                wanted[k] = steps[k].send(sums)
+            except StopIteration as done:
+                results[k] = done.value
+
+        self.evaluator.each_batch(setter, points, take, lambda k: results[k] is None)
+        if any(r is None for r in results):
+            raise LandscapeError(f"the data yielded fewer than the {self.size} samples it has; it must give the same "
+                                 "samples on every pass", "data")
+        rows = []
+        for est in results:
+            self.forwards += est.n
+            rows.append([x for m, e in zip(est.means, est.ses) for x in (m, e)] + [float(est.n)])
+        return rows
+
+    def __call__(self) -> tuple[float, ...]:
+        raise TypeError("a streamed measure evaluates blocks of points (block)")

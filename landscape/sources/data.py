@@ -145,6 +145,7 @@ class TensorData:
     name: str
     split: str
     note: str | None = None  # a remark for the user about where the images came from
+    population: int | None = None  # samples of the whole split these were drawn from (None: these)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -162,7 +163,7 @@ class TensorData:
         if n is None or n >= len(self):
             return self
         idx = _subset_indices(len(self), n, seed)
-        return TensorData(self.x[idx], self.y[idx], self.name, self.split, self.note)
+        return TensorData(self.x[idx], self.y[idx], self.name, self.split, self.note, self.population or len(self))
 
 
 def _subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
@@ -195,10 +196,11 @@ def load_dataset(
     else:
         raise LandscapeError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     y = np.asarray(y)
+    whole = len(y)
     if n_samples is not None and n_samples < len(y):  # the same subset as TensorData.subset, taken before
         idx = _subset_indices(len(y), n_samples, seed).numpy()  # the float conversion (4x the uint8 memory)
         x, y = np.asarray(x)[idx], y[idx]
-    return TensorData(_to_float_images(x), torch.as_tensor(y, dtype=torch.int64), name, split, note)
+    return TensorData(_to_float_images(x), torch.as_tensor(y, dtype=torch.int64), name, split, note, whole)
 
 
 def _need_root(name: str, root: str | Path | None) -> Path:

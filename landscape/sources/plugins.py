@@ -1,9 +1,8 @@
 """Plug-ins from the command line: a model, data, loss or metric defined in the user's own file.
 
 `--model-def path/to/file.py:factory` (or `package.module:factory`) names a callable; loading
-errors are one line naming the file, the symbol and what was expected. `run_plugin_job` is what
-`scripts/plot_surface.py` runs with any of these flags: it builds the pieces and calls
-`landscape.api.compute_surface`, the function Python callers use.
+errors are one line naming the file, the symbol and what was expected. `landscape.sources.spec`
+builds the pieces from these flags; then the command line goes on as for a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,14 +13,11 @@ import importlib.util
 import inspect
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.nn as nn
 
-from landscape.engine.threads import set_threads
 from landscape.errors import LandscapeError
 
 
@@ -134,121 +130,3 @@ def parse_metric_defs(specs: list[str] | None) -> dict[str, Callable] | None:
             raise LandscapeError(f"--metric-def {s!r}: expected NAME=FILE.py:fn, e.g. acc=mymetrics.py:accuracy")
         out[name] = load_symbol(where, "--metric-def", "a callable (output, targets) -> per-sample values")
     return out
-
-
-@dataclass(frozen=True)
-class PluginJob:
-    """A surface from user-defined pieces; anything not given comes from the checkpoint and --dataset."""
-
-    model_def: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data_def: str | None = None
-    loss_def: str | None = None
-    metric_defs: tuple[str, ...] | None = None
-    stream: bool | None = None
-    points_per_pass: int = 8
-    num_workers: int = 0
-    memory_budget_mb: float | None = None
-
-
-def run_plugin_job(job: Any, plugins: PluginJob) -> Any:
-    """`scripts/plot_surface.py` with plug-ins: the model, data and loss, then `api.compute_surface`.
-
-    `job` is the script's SurfaceJob (grid, directions, output and engine settings). Under
-    torchrun or srun every rank builds the same pieces and the ranks share the points. Returns a
-    surface.JobResult (its surface None on ranks other than 0).
-    """
-    from landscape import api
-    from landscape.distributed import Group, dist_info, local_device
-    from landscape.surface import JobResult, resolve_device
-
-    info = dist_info()
-    device = resolve_device(job.device)
-    with Group(info, device) as group:
-        notes: list[str] = []
-        error = None
-        try:  # every rank: a failure on one stops all, rank 0 reports it
-            model, data, loss, metrics, surf_file = _build(job, plugins, notes)
-        except Exception as e:  # noqa: BLE001
-            error = e
-        group.agree(error)
-        budget = int(plugins.memory_budget_mb * 2**20) if plugins.memory_budget_mb is not None else None
-        surf = api.compute_surface(
-            model, data, loss, metrics, x=job.x, y=job.y, seed=job.seed, directions=job.dir_file,
-            norm=job.xspec.norm, ignore=job.xspec.ignore, dir_type=job.xspec.dir_type, out=surf_file,
-            batch_size=job.batch_size, device=local_device(info, device), precision=job.precision,
-            fold_bn=job.fold_bn, compile=job.compile, stream=plugins.stream, points_per_pass=plugins.points_per_pass,
-            memory_budget=budget, num_workers=plugins.num_workers, overwrite=job.overwrite, progress=job.progress,
-            max_points=job.max_points, shard=job.shard, flush_seconds=job.flush_seconds, notes=notes, group=group)
-    return JobResult(surf, surf_file, api.directions_path(surf_file), type(model).__name__, notes)
-
-
-def _build(job: Any, plugins: PluginJob, notes: list[str]) -> tuple[nn.Module, dict, Callable, dict | None, Path]:
-    """(model, {split: data}, loss, metrics, surface file) for the job."""
-    from landscape.sources.checkpoint import _compare, _describe, _signature, build_model as build_zoo_model, load_checkpoint
-    from landscape.sources.data import load_dataset, resolve_normalization
-    from landscape.engine.evaluate import get_loss
-    from landscape.metrics import accuracy
-    from landscape.surface import default_checkpoint
-
-    sampling = getattr(job, "sampling", None)
-    if sampling is not None and sampling.tolerance is not None:
-        raise LandscapeError("--tolerance (adaptive sampling) does not combine with plug-ins or --stream yet; drop one")
-    if job.ckpt2 is not None or job.bn_recompute:
-        raise LandscapeError("--model_file2/--bn-recompute do not combine with --model-def/--data-def/--loss-def/"
-                             "--stream yet; use the Python API (landscape.directions.interpolation) for those")
-    if job.same_dir or job.yspec.norm != job.xspec.norm or job.yspec.ignore != job.xspec.ignore:
-        raise LandscapeError("with plug-ins, y is drawn like x: drop --same_dir, --ynorm and --yignore")
-    if plugins.points_per_pass < 1:
-        raise LandscapeError(f"--points-per-pass must be >= 1, got {plugins.points_per_pass}")
-    from landscape.surface import resolve_device
-
-    threads_note = set_threads(job.threads, resolve_device(job.device))
-    if threads_note is not None:
-        notes.append(threads_note)
-    ckpt = None
-    if plugins.model_def is not None:
-        torch.manual_seed(job.seed)  # the factory's initial weights, when no checkpoint is given
-        model = build_model(plugins.model_def, plugins.model_kwargs)
-        stem = plugins.model_def.rpartition(":")[2]
-        if job.ckpt is not None:
-            ckpt = load_checkpoint(job.ckpt, allow_pickle=job.allow_pickle)
-            missing, unexpected, shapes = _compare(_signature(model), ckpt.state_dict)
-            if missing or unexpected or shapes:
-                raise LandscapeError(f"--ckpt {job.ckpt} does not fit the --model-def model: "
-                                     f"{_describe(missing, unexpected, shapes)}; pass the checkpoint saved from "
-                                     "that model (and its --model-kwargs)")
-            model.load_state_dict(ckpt.state_dict)
-            stem = Path(job.ckpt).stem
-        else:
-            notes.append(f"no --ckpt: the surface is around the model's initial weights (torch seed {job.seed})")
-    else:
-        ckpt_path = Path(job.ckpt) if job.ckpt is not None else default_checkpoint()
-        ckpt = load_checkpoint(ckpt_path, allow_pickle=job.allow_pickle)
-        model, _, more = build_zoo_model(ckpt, job.arch)
-        notes += more
-        stem = ckpt_path.stem
-
-    if plugins.data_def is not None:
-        data = {s: build_data(plugins.data_def, s) for s in job.splits}
-    else:
-        dataset = job.dataset or (ckpt.meta.get("dataset") if ckpt is not None else None)
-        if dataset is None:
-            raise LandscapeError("without --data-def, pass --dataset (or a checkpoint that names its data)")
-        meta_norm = ckpt.meta.get("normalization") if ckpt is not None else None
-        normalization, _ = resolve_normalization(job.normalization, dataset, meta_norm)
-        data = {}
-        for s in job.splits:
-            d = load_dataset(dataset, s, job.data_root, job.n_samples, job.seed)
-            data[s] = (normalization.apply(d.x) if normalization is not None else d.x, d.y)
-    loss = (load_symbol(plugins.loss_def, "--loss-def", "a callable (output, targets) -> per-sample losses")
-            if plugins.loss_def is not None else get_loss(job.loss))
-    metrics = parse_metric_defs(list(plugins.metric_defs) if plugins.metric_defs else None)
-    if metrics is None:  # accuracy only where the command line would give it: a zoo model, its loss
-        metrics = {} if plugins.loss_def is not None or plugins.model_def is not None else {"acc": accuracy}
-
-    tag = f"x{job.x.spec()}" + (f"_y{job.y.spec()}" if job.y is not None else "")
-    surf_file = Path(job.surf_file) if job.surf_file else Path(job.out) / f"{stem}_{tag.replace(':', '_')}.h5"
-    if job.shard is not None:
-        surf_file = job.shard.path(surf_file)
-    return model, data, loss, metrics, surf_file
