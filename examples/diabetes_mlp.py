@@ -66,7 +66,7 @@ def main() -> None:
     t0 = time.perf_counter()
     axis = ll.Axis(-1, 1, args.grid)
     surf = ll.compute_surface(model, data, ll.losses.squared_error, {"mae": absolute_error}, x=axis, y=axis,
-                              seed=0, out=Path("results/examples/diabetes_mlp.h5"), overwrite=True, progress=False)
+                              seed=0, out=Path("results/examples/diabetes_mlp.h5"), run=ll.RunOptions(overwrite=True, progress=False))
     c = args.grid // 2
     print(f"surface of {surf.done.size} points in {time.perf_counter() - t0:.0f} s; at the center train MSE "
           f"{surf.metrics['train_loss'][c, c]:.3f}, test MSE {surf.metrics['test_loss'][c, c]:.3f}")

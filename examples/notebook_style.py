@@ -55,9 +55,11 @@ print(f"trained 15 epochs in {time.perf_counter() - t0:.0f} s")
 t0 = time.perf_counter()
 loader = DataLoader(train, batch_size=256, shuffle=False)
 surf = ll.compute_surface(model, loader, ll.losses.cross_entropy, {"acc": ll.metrics.accuracy},
-                          x=ll.Axis(-1, 1, 21), y=ll.Axis(-1, 1, 21), seed=0, points_per_pass=8, progress=False)
+                          x=ll.Axis(-1, 1, 21), y=ll.Axis(-1, 1, 21), seed=0,
+                          data_options=ll.DataOptions(points_per_pass=8), run=ll.RunOptions(progress=False))
 line = ll.compute_surface(model, loader, ll.losses.cross_entropy, {"acc": ll.metrics.accuracy},
-                          x=ll.Axis(-1, 1, 41), y=None, seed=0, points_per_pass=8, progress=False)
+                          x=ll.Axis(-1, 1, 41), y=None, seed=0,
+                          data_options=ll.DataOptions(points_per_pass=8), run=ll.RunOptions(progress=False))
 print(f"surfaces in {time.perf_counter() - t0:.0f} s; loss at the center {surf.metrics['train_loss'][10, 10]:.3f}, "
       f"accuracy {surf.metrics['train_acc'][10, 10]:.3f}")
 

@@ -100,7 +100,7 @@ def main() -> None:
     axis = ll.Axis(-args.range, args.range, args.grid)
     x, y = x[::2], y[::2]  # every other window: the text is covered, at half the cost per point
     surf = ll.compute_surface(model, (x, y), token_cross_entropy, {"acc": token_accuracy}, x=axis, y=axis, seed=0,
-                              out=Path("results/examples/tiny_lm.h5"), overwrite=True, progress=False)
+                              out=Path("results/examples/tiny_lm.h5"), run=ll.RunOptions(overwrite=True, progress=False))
     print(f"surface of {surf.done.size} points over {len(x)} windows in {time.perf_counter() - t0:.0f} s; "
           f"loss at the center {surf.metrics['train_loss'][args.grid // 2, args.grid // 2]:.3f}")
 

@@ -24,7 +24,7 @@ for arch in resnet56 resnet56_noshort; do
     [ -f "$out/${dataset}_$arch.pt" ] || timeout -s TERM "${SECONDS_TRAIN:-240}" python3 scripts/train.py \
         --model "$arch" --dataset "$dataset" "${root[@]}" --augment --epochs "${EPOCHS:-60}" \
         --batch-size "${BATCH:-128}" --lr "${LR:-0.1}" --warmup-epochs 5 --no-test --device "$dev" \
-        --out "$out/${dataset}_$arch.pt" --manifest "$out/MANIFEST.json"
+        --out "$out" --name "${dataset}_$arch" --manifest "$out/MANIFEST.json"
     echo "train $arch: exit $?, $(( $(date +%s) - start )) s"
 done
 maps=()
@@ -38,5 +38,5 @@ for arch in resnet56 resnet56_noshort; do
     maps+=("$out/${arch}_eig.h5")
 done
 python3 scripts/plot_hessian_eig.py --compare "${maps[@]}" --titles "ResNet-56" "ResNet-56, no shortcuts" \
-    --out "$out/ratio_resnet56_vs_noshort"
+    --out "$out" --name ratio_resnet56_vs_noshort
 } 2>&1 | tee "$out/gpu_curvature.log"

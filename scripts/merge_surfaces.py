@@ -22,7 +22,9 @@ from landscape.storage import SurfaceLock, merge_surfaces, read_surface, write_s
 
 EXAMPLE = """examples:
   python scripts/merge_surfaces.py results/digits_resnet20_x-1_1_25_y-1_1_25.shard-*-of-4.h5
-  python scripts/merge_surfaces.py a.shard-0-of-2.h5 a.shard-1-of-2.h5 --out merged.h5
+  python scripts/merge_surfaces.py a.shard-0-of-2.h5 a.shard-1-of-2.h5 --out merged   # merged/a.h5
+  python scripts/merge_surfaces.py a.shard-0-of-2.h5 a.shard-1-of-2.h5 --name b        # b.h5 beside the shards
+  python scripts/merge_surfaces.py a.shard-0-of-2.h5 a.shard-1-of-2.h5 --surf_file c/merged.h5
 """
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+(?P<suffix>\.[^.]+)$")
@@ -36,34 +38,57 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", nargs="+", help="shard files (or partial surfaces of the same job)")
-    p.add_argument("--out", default=None,
-                   help="merged surface file (default: the shards' name without .shard-i-of-N)")
+    p.add_argument("--out", default=None, metavar="FOLDER", help="folder for the merged file (default: the shards')")
+    p.add_argument("--name", default=None, metavar="STEM",
+                   help="the merged file is <name>.h5 (default: the shards' name without .shard-i-of-N)")
+    p.add_argument("--surf_file", default=None, metavar="FILE",
+                   help="the merged file's path, instead of --out and --name")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out; by default an existing --out of the same job is merged in too")
+                   help="replace the merged file; by default an existing one of the same job is merged in too")
     return p.parse_args(argv)
 
 
-def default_out(shard: Path) -> Path:
+def merged_file(args: argparse.Namespace, shard: Path) -> Path:
+    """--surf_file, else `<--out>/<--name>.h5`: --out defaults to the first shard's folder, --name to its
+    name without .shard-i-of-N."""
+    if args.surf_file is not None:
+        if args.out is not None or args.name is not None:
+            raise LandscapeError("--surf_file names the merged file itself; drop --out and --name, or --surf_file")
+        out = Path(args.surf_file)
+        if out.is_dir():
+            raise LandscapeError(f"--surf_file {out} is a folder; give a file name such as {out / 'surface.h5'}, "
+                                 f"or pass --out {out}")
+        return out
+    folder = shard.parent if args.out is None else Path(args.out)
+    if folder.is_file() or (args.out is not None and folder.suffix in (".h5", ".hdf5") and not folder.is_dir()):
+        raise LandscapeError(f"--out {args.out} names a file, but --out is the merged file's folder; "
+                             f"pass --surf_file {args.out} to name the file")
+    if args.name is not None:
+        if not args.name or Path(args.name).name != args.name or args.name in (".", ".."):
+            raise LandscapeError(f"--name {args.name!r} is a file name stem, not a path; give the folder with --out")
+        if Path(args.name).suffix in (".h5", ".hdf5"):
+            raise LandscapeError(f"--name {args.name} has the suffix; give the stem: --name {Path(args.name).stem}")
+        return folder / (args.name + (shard.suffix or ".h5"))
     m = _SHARD_NAME.match(shard.name)
     if m is None:
-        raise LandscapeError(f"{shard.name} is not named like a shard (NAME.shard-I-of-N.h5); pass --out FILE")
-    return shard.with_name(m["stem"] + m["suffix"])
+        raise LandscapeError(f"{shard.name} is not named like a shard (NAME.shard-I-of-N.h5); "
+                             "pass --name STEM or --surf_file FILE")
+    return folder / (m["stem"] + m["suffix"])
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shards = [Path(s) for s in args.shards]
-    out = Path(args.out) if args.out else default_out(shards[0])
-    if out.is_dir():
-        raise LandscapeError(f"--out {out} is a folder; give a file name such as {out / 'surface.h5'}")
+    out = merged_file(args, shards[0])
     with SurfaceLock(out) as lock:
         inputs = list(shards)
         if out.exists() and not args.overwrite and out.resolve() not in [s.resolve() for s in shards]:
             try:
                 read_surface(out)
             except LandscapeError as e:
-                raise LandscapeError(f"{e}; pass --overwrite to replace it, or --out to write elsewhere") from None
+                raise LandscapeError(f"{e}; pass --overwrite to replace it, or --surf_file (or --name) to write "
+                                     "elsewhere") from None
             inputs.append(out)  # merge into what is there (e.g. shards that finished earlier)
         try:
             surf, report = merge_surfaces(inputs)

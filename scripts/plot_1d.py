@@ -34,8 +34,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss_max", type=float, default=None, help="top of the loss axis (default: the data's)")
     p.add_argument("--acc_min", type=float, default=None, help="bottom of the accuracy axis, in %% (default: 0)")
     p.add_argument("--show", action="store_true", help="also open the figures in windows, when a display exists")
-    p.add_argument("--out", default=None, help="output file stem (default: the surface file path without .h5)")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="folder for the figures (default: the surface file's folder)")
+    p.add_argument("--name", default=None, metavar="STEM",
+                   help="the figures' file name stem: <name>_1d.png/.pdf (and <name>_1d_log.png/.pdf with --log; "
+                        "default: the surface file's name without .h5)")
     return p.parse_args(argv)
+
+
+def figure_stem(surf_file: str, out: str | None, name: str | None) -> Path:
+    """`<out>/<name>`: --out (default: the surface file's folder), --name (default: its stem without .h5)."""
+    path = Path(surf_file)
+    if name is None:
+        name = path.stem if path.suffix == ".h5" else path.name
+    elif not name or Path(name).name != name or name in (".", ".."):
+        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
+    folder = path.parent if out is None else Path(out)
+    if folder.is_file() or (out is not None and folder.suffix in (".png", ".pdf")):
+        raise LandscapeError(f"--out {out} names a file, but --out is the figures' folder; pass --out "
+                             f"{folder.parent} --name {folder.stem}")
+    return folder / name
 
 
 @exit_on_error
@@ -44,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     surf = read_surface(args.surf_file)
     if surf.ndim != 1:
         raise LandscapeError(f"{args.surf_file!r} holds a 2-D surface; plot it with scripts/plot_2d.py")
-    path = Path(args.surf_file)
-    out = args.out if args.out is not None else str(path.with_suffix("") if path.suffix == ".h5" else path)
+    out = figure_stem(args.surf_file, args.out, args.name)
     kw = dict(log=args.log, loss_max=args.loss_max, acc_min=args.acc_min, xlim=(args.xmin, args.xmax))
     for p in plot_surface_figures(surf, out, **kw):
         print(p)

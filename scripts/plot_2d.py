@@ -21,6 +21,8 @@ EXAMPLE = """example:
   python scripts/plot_2d.py --surf_file results/surface.h5 --surf_name train_loss \\
       --vmin 0.1 --vmax 10 --vlevel 0.5 --zlim 10
   # writes results/surface_train_loss_2dcontour.png/.pdf, _2dcontourf, _2dheat, _3dsurface
+  python scripts/plot_2d.py --surf_file results/surface.h5 --out docs --name digits_resnet20
+  # writes docs/digits_resnet20_train_loss_2dcontour.png/.pdf, ...
 """
 
 
@@ -35,11 +37,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vlevel", type=float, default=0.5, help="step between contour levels (default: 0.5)")
     p.add_argument("--zlim", type=float, default=10.0, help="the 3-D surface is clipped above it (default: 10)")
     p.add_argument("--show", action="store_true", help="also open the figures in windows, when a display exists")
-    p.add_argument("--out", default=None, help="output file stem (default: the surface file path without .h5)")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="folder for the figures (default: the surface file's folder)")
+    p.add_argument("--name", default=None, metavar="STEM",
+                   help="the figures' file name stem: <name>_<metric>_<kind>.png/.pdf "
+                        "(default: the surface file's name without .h5)")
     p.add_argument("--only", default=None,
                    help="comma-separated figures to write, e.g. 2derror (a sampled surface's contour beside its "
                         "error bars) or 2dcontour,3dsurface (default: all)")
     return p.parse_args(argv)
+
+
+def figure_stem(surf_file: str, out: str | None, name: str | None) -> Path:
+    """`<out>/<name>`: --out (default: the surface file's folder), --name (default: its stem without .h5)."""
+    path = Path(surf_file)
+    if name is None:
+        name = path.stem if path.suffix == ".h5" else path.name
+    elif not name or Path(name).name != name or name in (".", ".."):
+        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
+    folder = path.parent if out is None else Path(out)
+    if folder.is_file() or (out is not None and folder.suffix in (".png", ".pdf")):
+        raise LandscapeError(f"--out {out} names a file, but --out is the figures' folder; pass --out "
+                             f"{folder.parent} --name {folder.stem}")
+    return folder / name
 
 
 @exit_on_error
@@ -48,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     surf = read_surface(args.surf_file)
     if surf.ndim != 2:
         raise LandscapeError(f"{args.surf_file!r} holds a 1-D surface; plot it with scripts/plot_1d.py")
-    path = Path(args.surf_file)
-    out = args.out if args.out is not None else str(path.with_suffix("") if path.suffix == ".h5" else path)
+    out = figure_stem(args.surf_file, args.out, args.name)
     kw = dict(metric=args.surf_name, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, zlim=args.zlim)
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
     for p in plot_surface_figures(surf, out, **kw, only=only):

@@ -34,7 +34,7 @@ EXAMPLE = """examples:
   python scripts/plot_surface.py --ckpt checkpoints/digits_resnet56.pt --x=-0.2:0.2:21 --y=-0.2:0.2:21 \\
       --dir_file results/digits_resnet56_dirs_hessian_hessian_min_n256_seed0.h5 --plot   # the loss on that plane
   python scripts/plot_hessian_eig.py --compare results/a_hessian_x-1_1_11_y-1_1_11.h5 results/b_hessian_....h5 \\
-      --titles A B --out docs/ratio      # side-by-side ratio maps from stored files, no model needed
+      --titles A B --out docs --name ratio   # docs/ratio.png/.pdf: side-by-side ratio maps from stored files
 """
 
 DEFAULT_GRID = "-1:1:11"  # when --x and --y are omitted
@@ -105,8 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e.add_argument("--spectrum-runs", type=int, default=1, help="density runs (random start vectors) averaged")
 
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="results", help="folder for the map, directions, spectrum and figures "
-                                                   "(with --compare: the figure's file stem)")
+    o.add_argument("--out", default=None, metavar="FOLDER",
+                   help="folder for the map, directions, spectrum and figures (default: results; with --compare/"
+                        "--compare-spectra: the first stored file's folder)")
+    o.add_argument("--name", default=None, metavar="STEM",
+                   help="with --compare/--compare-spectra: the figures' file name stem, <name>.png/.pdf (and "
+                        "<name>_spectrum.png/.pdf for --compare-spectra beside --compare; default: the first "
+                        "stored file's name + _compare)")
     o.add_argument("--surf_file", default=None, help="map file path (default: derived from --ckpt and the grid)")
     o.add_argument("--overwrite", action="store_true", help="replace files made with other settings")
     o.add_argument("--max-points", type=int, default=None,
@@ -123,14 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--vmax", type=float, default=0.5, help="ratio colour scale top (default 0.5, as the paper)")
     f.add_argument("--ymax", type=float, default=1.0, help="1-D maps: top of the ratio axis")
     f.add_argument("--compare", nargs="+", default=None, metavar="MAP",
-                   help="only plot: stored maps side by side (no model); with --titles and --out STEM")
+                   help="only plot: stored maps side by side (no model); with --titles, --out and --name")
     f.add_argument("--titles", nargs="+", default=None, help="panel titles for --compare / --compare-spectra")
     f.add_argument("--loss-surf", nargs="+", default=None, metavar="SURF",
                    help="with --compare: loss surfaces along the same directions, one per map, drawn as "
                         "contour lines at --levels")
     f.add_argument("--levels", nargs="+", type=float, default=[1.0, 10.0])
     f.add_argument("--compare-spectra", nargs="+", default=None, metavar="SPECTRUM",
-                   help="only plot: stored spectra side by side; with --titles and --out STEM")
+                   help="only plot: stored spectra side by side; with --titles, --out and --name")
     return p.parse_args(argv)
 
 
@@ -163,8 +168,8 @@ def build_job(args: argparse.Namespace):
     return HessianJob(sources=sources, x=x, y=y, xdir=args.xdir, ydir=args.ydir,
                       xspec=DirectionSpec("weights", args.xnorm, args.xignore),
                       yspec=DirectionSpec("weights", args.ynorm, args.yignore), seed=args.seed, curvature=curvature,
-                      run=run, out=args.out, surf_file=args.surf_file, dir_file=args.dir_file,
-                      device="cuda" if args.cuda else args.device, threads=args.threads)
+                      run=run, out="results" if args.out is None else args.out, surf_file=args.surf_file,
+                      dir_file=args.dir_file, device="cuda" if args.cuda else args.device, threads=args.threads)
 
 
 def _titles(args: argparse.Namespace, paths: list[str]) -> list[str]:
@@ -175,6 +180,20 @@ def _titles(args: argparse.Namespace, paths: list[str]) -> list[str]:
     return args.titles
 
 
+def compare_stem(args: argparse.Namespace) -> Path:
+    """`<out>/<name>` of the --compare/--compare-spectra figures: --out (default: the first stored file's
+    folder), --name (default: the first stored file's name + _compare)."""
+    first = Path((args.compare or args.compare_spectra)[0])
+    name = args.name if args.name is not None else f"{first.stem}_compare"
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
+    folder = first.parent if args.out is None else Path(args.out)
+    if folder.is_file() or (args.out is not None and folder.suffix in (".png", ".pdf")):
+        raise LandscapeError(f"--out {args.out} names a file, but --out is the figures' folder; pass --out "
+                             f"{folder.parent} --name {folder.stem}")
+    return folder / name
+
+
 def compare(args: argparse.Namespace) -> int:
     """Figures from stored files only."""
     from landscape.hessian.job import load_spectrum, ratio_stats
@@ -182,6 +201,7 @@ def compare(args: argparse.Namespace) -> int:
     from landscape.plot.surface import save_figure
     from landscape.storage import read_surface
 
+    stem = compare_stem(args)
     if args.compare:
         maps = [read_surface(p) for p in args.compare]
         losses = None
@@ -198,13 +218,12 @@ def compare(args: argparse.Namespace) -> int:
         for t, s in zip(titles, maps):
             print(f"{t}: |min/max| {ratio_stats(s).line()}")
         fig = ratio_comparison(maps, titles, args.vmin, args.vmax, losses, args.levels)
-        for p in save_figure(fig, args.out):
+        for p in save_figure(fig, stem):
             print(p)
     if args.compare_spectra:
         spectra = [load_spectrum(p)[0] for p in args.compare_spectra]
         fig = spectrum_figure(spectra, _titles(args, args.compare_spectra))
-        stem = args.out + ("_spectrum" if args.compare else "")
-        for p in save_figure(fig, stem):
+        for p in save_figure(fig, f"{stem}_spectrum" if args.compare else stem):
             print(p)
     return 0
 
@@ -215,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv else EMBEDDED)
     if args.compare or args.compare_spectra:
         return compare(args)
+    if args.name is not None:
+        raise LandscapeError("--name names the --compare/--compare-spectra figures; name the map file with "
+                             "--surf_file")
     from landscape.hessian.job import ratio_stats, run_hessian_job
     from landscape.sweep import Interrupted
 

@@ -31,7 +31,7 @@ from landscape.trajectory import (Path2D, covering_axes, project_trajectory, sna
 
 EXAMPLE = """example:
   python scripts/train.py --model resnet20 --dataset digits --epochs 20 --lr 0.02 --save-every 1 \\
-      --out results/traj_r20/final.pt
+      --out results/traj_r20 --name final
   python scripts/plot_trajectory.py --model_folder results/traj_r20 --prefix model_ --suffix .pt \\
       --start_epoch 0 --max_epoch 19 --save_epoch 1 --final results/traj_r20/final.pt"""
 

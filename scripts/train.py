@@ -14,12 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import landscape  # noqa: E402
 from landscape.sources.checkpoint import save_checkpoint  # noqa: E402
 from landscape.sources.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
-from landscape.errors import exit_on_error  # noqa: E402
+from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
 from landscape.train import OPTIMIZERS, TrainConfig, train  # noqa: E402
 
-EXAMPLE = "example:\n  python scripts/train.py --model resnet20 --dataset digits --epochs 40 --out checkpoints/digits_resnet20.pt"
+EXAMPLE = """example:
+  python scripts/train.py --model resnet20 --dataset digits --epochs 40 --out checkpoints   # digits_resnet20.pt
+  python scripts/train.py --model resnet20 --epochs 20 --save-every 1 --out results/traj_r20 --name final"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,15 +42,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--augment", action="store_true", help="random crop (4-pixel padding) + horizontal flip")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-test", action="store_true", help="skip the test split (e.g. when only the train files are at hand)")
-    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--out", required=True, metavar="FOLDER",
+                   help="folder for the checkpoint <name>.pt and the --save-every snapshots model_<epoch>.pt")
+    p.add_argument("--name", default=None, metavar="STEM",
+                   help="the checkpoint's file name stem (default: <dataset>_<model>, e.g. digits_resnet20)")
     p.add_argument("--manifest", default=None,
                    help="record the file (command, seed, wall time, sha256, accuracies) in this MANIFEST.json")
     return p.parse_args(argv)
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".t7")
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """`<--out>/<--name>.pt`, --name defaulting to <dataset>_<model>."""
+    folder = Path(args.out)
+    if folder.is_file() or (folder.suffix in CHECKPOINT_SUFFIXES and not folder.is_dir()):
+        raise LandscapeError(f"--out {args.out} names a file, but --out is the checkpoint's folder; pass --out "
+                             f"{folder.parent} --name {folder.stem}")
+    name = args.name if args.name is not None else f"{args.dataset}_{args.model}"
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
+    if Path(name).suffix in CHECKPOINT_SUFFIXES:
+        raise LandscapeError(f"--name {name} has the suffix; give the stem: --name {Path(name).stem}")
+    return folder / f"{name}.pt"
+
+
 @exit_on_error
 def main(argv=None) -> None:
     args = parse_args(argv)
+    out = checkpoint_path(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, optimizer=args.optimizer,
                       warmup_epochs=args.warmup_epochs, seed=args.seed, save_every=args.save_every,
@@ -59,7 +82,6 @@ def main(argv=None) -> None:
     import torch
     torch.manual_seed(args.seed)
     model = get_model(args.model, num_classes=tr.num_classes, in_channels=tr.in_channels)
-    out = Path(args.out)
     command = "python scripts/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta = {"arch": args.model, "num_classes": tr.num_classes, "in_channels": tr.in_channels,
             "dataset": args.dataset, "normalization": norm.to_dict(), "seed": args.seed,

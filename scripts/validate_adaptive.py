@@ -19,17 +19,20 @@ Two checks, each optional:
    its coverage per band is a few draws; over the runs, the coverage per band pooled, its spread
    between runs, and per point the fraction of runs whose +-2 SE covers the full value.
 
+With `--stopping-bias N` the point check also measures, per point and pooled, the stopping rule's
+bias over N random orders: the mean of (estimate - full) / SE, and of estimate - full over the
+RMS SE (`landscape.sampling.validate.stopping_bias`).
+
+The statistics are `landscape.sampling.validate`; this script parses, prints and draws.
+
 Prints a summary and writes every number to `--json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from landscape.sampling.adaptive import (SamplingPlan, estimate, forwards_used, sample_order, set_size,  # noqa: E402
-                                stratified_order)
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
-from landscape.grid import Axis, Grid  # noqa: E402
+from landscape.sampling import validate  # noqa: E402
+from landscape.sampling.adaptive import SamplingPlan  # noqa: E402
 
 EXAMPLE = """examples:
   # digits ResNet-56, 20 random points of the 51x51 grid plus the center, T = 0.125
@@ -73,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fixed-n", default="64,256,1024",
                    help="also the coverage of the plain normal +-2 SE at these fixed sample counts")
     p.add_argument("--reps", type=int, default=300, help="random orders for the coverage of the rule")
+    p.add_argument("--stopping-bias", type=int, default=0, metavar="N",
+                   help="points/values: also the stopping rule's bias over N random orders per point, and pooled "
+                        "(the mean of (estimate - full) / SE, of estimate - full over the RMS SE, and the coverage)")
     p.add_argument("--tolerance", type=float, default=None, help="default vlevel/4")
     p.add_argument("--vlevel", type=float, default=0.5)
     p.add_argument("--vmax", type=float, default=10.0)
@@ -107,404 +112,128 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan_of(args: argparse.Namespace) -> SamplingPlan:
-    tol = args.tolerance if args.tolerance is not None else args.vlevel / 4
-    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax, z_vmax=args.z_vmax,
-                        low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, strata=args.stratify)
+    return validate.plan_of(args.tolerance, args.vlevel, n0=args.n0, z=args.z, vmax=args.vmax, z_vmax=args.z_vmax,
+                            low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, strata=args.stratify)
 
 
-def orders(n: int, plan: SamplingPlan, key: np.ndarray | None, rng: np.random.Generator):
-    """A new random order of n samples for each call: plain, or stratified by `key` (the center's
-    per-sample losses in the same indexing) when the plan asks for strata."""
-    if not plan.strata:
-        return lambda: rng.permutation(n)
-    key_t = torch.from_numpy(np.asarray(key, dtype=np.float64))
-    return lambda: stratified_order(key_t, plan.strata, int(rng.integers(2 ** 62))).numpy()
+def rule_of(args: argparse.Namespace) -> validate.RuleCheck:
+    try:
+        fixed = tuple(int(n) for n in args.fixed_n.split(",") if n.strip()) if args.fixed_n else ()
+    except ValueError:
+        raise LandscapeError(f"--fixed-n takes sample counts separated by commas, got {args.fixed_n!r}") from None
+    return validate.RuleCheck(plan_of(args), args.batch_size, args.reps, fixed, args.stopping_bias, args.point_seed)
 
 
-def run_order(n: int, plan: SamplingPlan, key: np.ndarray | None) -> np.ndarray:
-    """The order the adaptive run itself reads (the saved values are in its common random order)."""
-    if not plan.strata:
-        return np.arange(n)
-    return stratified_order(torch.from_numpy(np.asarray(key, dtype=np.float64)), plan.strata, plan.seed).numpy()
-
-
-def inside(err, se, full, rel: float = 0.0):
-    """|error| <= 2 SE + rel |full|, up to float rounding (a point that used the whole set has SE 0
-    and may differ from a full pass in another order by a few ulps). `rel` allows for a reference
-    computed in other arithmetic (see `--precision-allowance`)."""
-    return err <= 2 * se + (rel + 1e-9) * np.maximum(1.0, np.abs(full))
-
-
-def array_sums(values: np.ndarray, hits: np.ndarray):
-    """A `sums(start, stop)` over per-sample values already in the sampling order."""
-    def sums(i: int, j: int) -> torch.Tensor:
-        v, h = values[i:j], hits[i:j]
-        return torch.tensor([[v.sum(), np.square(v).sum()], [h.sum(), h.sum()]], dtype=torch.float64)
-    return sums
-
-
-def rule_coverage(values: np.ndarray, hits: np.ndarray, plan: SamplingPlan, batch: int, reps: int,
-                  rng: np.random.Generator, key: np.ndarray | None = None) -> dict:
-    """The stopping rule over `reps` random orders (stratified by `key` when the plan has strata):
-    coverage of +-2 SE, errors and samples used."""
-    full = float(values.mean())
-    covered, errs, ns, ratios = [], [], [], []
-    draw = orders(len(values), plan, key, rng)
-    for _ in range(reps):
-        o = draw()
-        est = estimate(array_sums(values[o], hits[o]), len(values), batch, plan)
-        err = abs(est.loss - full)
-        covered.append(inside(err, est.loss_se, full))
-        errs.append(err)
-        ns.append(est.n)
-        ratios.append(err / est.loss_se if est.loss_se > 0 else 0.0)
-    return {"coverage_2se": float(np.mean(covered)), "max_err": float(np.max(errs)),
-            "rms_err": float(np.sqrt(np.mean(np.square(errs)))), "mean_n": float(np.mean(ns)),
-            "rms_err_over_se": float(np.sqrt(np.mean(np.square(ratios))))}
-
-
-def fixed_n_coverage(values: np.ndarray, n: int, reps: int, rng: np.random.Generator,
-                     plan: SamplingPlan | None = None, key: np.ndarray | None = None) -> float:
-    """Coverage of the plain normal mean +- 2 SE (finite-population corrected) from n random samples
-    (the first n of a stratified order when `plan` has strata)."""
-    full = values.mean()
-    hits = 0
-    draw = orders(len(values), plan, key, rng) if plan is not None and plan.strata else None
-    for _ in range(reps):
-        s = values[draw()[:n]] if draw is not None else values[rng.choice(len(values), n, replace=False)]
-        se = s.std(ddof=1) / math.sqrt(n) * math.sqrt(1 - n / len(values))
-        hits += inside(abs(s.mean() - full), se, full)
-    return hits / reps
-
-
-def per_sample(model, x, y, loss_fn, batch: int, precision: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample losses (float64) and hits (0/1) of the whole set at the model's current weights."""
-    from landscape.engine.evaluate import eval_mode
-
-    vals, hits = [], []
-    with eval_mode(device, precision):
-        for i in range(0, len(y), batch):
-            out = model(x[i:i + batch])
-            vals.append(loss_fn(out, y[i:i + batch]).double().cpu())
-            hits.append((out.argmax(dim=1) == y[i:i + batch]).double().cpu())
-    return torch.cat(vals).numpy(), torch.cat(hits).numpy()
+def print_bias(b: dict, indent: str = "  ") -> None:
+    print(f"{indent}stopping bias over {b['orders']} orders: mean (estimate - full) / SE {b['bias']:+.3f} "
+          f"+- {b['bias_se']:.3f}; mean (estimate - full) / RMS SE {b['err_bias']:+.3f} +- {b['err_bias_se']:.3f}; "
+          f"+-{b['z']:g} SE covers {b['coverage']:.1%}", flush=True)
 
 
 def check_points(args: argparse.Namespace) -> dict:
-    from landscape.sources.checkpoint import build_model, load_checkpoint
-    from landscape.sources.data import load_dataset, resolve_normalization
-    from landscape.directions import DirectionSpec, load_directions, make_directions, target_tensors
-    from landscape.engine import EngineOptions, prepare_engine
-    from landscape.engine.evaluate import cross_entropy
-
+    """The point check (`validate.check_points`), printed point by point; --save-values keeps the losses."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
-    ckpt = load_checkpoint(args.ckpt)
-    model, arch, _ = build_model(ckpt)
-    dataset = args.dataset or ckpt.meta.get("dataset")
-    norm, _ = resolve_normalization(None, dataset, ckpt.meta.get("normalization"))
-    data = load_dataset(dataset, "train", args.data_root, args.n_samples, args.seed)
-    x = data.x if norm is None else norm.apply(data.x)
-    order = sample_order(len(data.y), args.seed)  # the adaptive mode's common order
-    x, y = x[order], data.y[order]
-    tensors = target_tensors(model, "weights")
-    dirs = load_directions(args.dir_file) if args.dir_file else make_directions(tensors, DirectionSpec(), args.seed, 2)
-    grid = Grid(Axis.parse(args.x, "x"), Axis.parse(args.y, "y"))
-    engine = prepare_engine(model, "weights", [dirs.x, dirs.y], EngineOptions(args.precision),
-                            example=x[:args.batch_size or 256], check_points=grid.corners())
-    eval_model, setter = engine.model, engine.setter
-    x = engine.inputs(x)
-    pts = grid.points()
-    rng = np.random.default_rng(args.point_seed)
-    center = int(np.argmin(np.abs(pts).sum(axis=1)))
-    pool = np.arange(grid.size)
-    if args.radius is not None:
-        pool = pool[np.abs(pts).max(axis=1) <= args.radius]
-    picks = [center] + [int(i) for i in rng.choice(pool, size=min(args.points, len(pool)), replace=False)
-                        if i != center]
-    fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
-    plan = plan_of(args)
-    rows, saved, key = [], {}, None
-    for k, idx in enumerate(picks):
-        t0 = time.perf_counter()
-        setter.set(pts[idx])
-        vals, hits = per_sample(eval_model, x, y, cross_entropy, args.batch_size, args.precision, device)
-        full = float(vals.mean())
-        saved[f"loss_{pts[idx][0]:g}_{pts[idx][1]:g}"], saved[f"hits_{pts[idx][0]:g}_{pts[idx][1]:g}"] = vals, hits
-        key = vals if key is None else key  # the center comes first
-        o = run_order(len(vals), plan, key)
-        est = estimate(array_sums(vals[o], hits[o]), len(vals), args.batch_size, plan)
-        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng, key)
-        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng, plan, key) for n in fixed if n < len(vals)}
-        row = {"x": float(pts[idx][0]), "y": float(pts[idx][1]), "full": full, "adaptive": est.loss,
-               "se": est.loss_se, "n": est.n, "N": len(vals), "err": abs(est.loss - full),
-               "covered": inside(abs(est.loss - full), est.loss_se, full), "rule": sim,
-               "seconds": time.perf_counter() - t0}
+    source = validate.PointSource(args.ckpt, args.dataset, args.data_root, args.n_samples, args.precision,
+                                  args.dir_file, args.x, args.y, args.seed, args.points, args.radius)
+    rule, rows, saved = rule_of(args), [], {}
+    for p in validate.check_points(source, rule):
+        row, sim = p.row, p.row["rule"]
+        saved[f"loss_{row['x']:g}_{row['y']:g}"], saved[f"hits_{row['x']:g}_{row['y']:g}"] = p.values, p.hits
         rows.append(row)
-        print(f"[{k + 1}/{len(picks)}] ({row['x']:+.2f},{row['y']:+.2f}) full {full:.4g}  adaptive {est.loss:.4g} "
-              f"+- {2 * est.loss_se:.3g} (n={est.n})  |err| {row['err']:.3g}  rule coverage {sim['coverage_2se']:.3f} "
-              f"(mean n {sim['mean_n']:.0f}); plain normal at n=" +
+        print(f"[{p.k + 1}/{p.count}] ({row['x']:+.2f},{row['y']:+.2f}) full {row['full']:.4g}  adaptive "
+              f"{row['adaptive']:.4g} +- {2 * row['se']:.3g} (n={row['n']})  |err| {row['err']:.3g}  rule coverage "
+              f"{sim['coverage_2se']:.3f} (mean n {sim['mean_n']:.0f}); plain normal at n=" +
               ", ".join(f"{n}: {c:.2f}" for n, c in sim["fixed_n"].items()), flush=True)
-    setter.restore()
+        if "stopping_bias" in row:
+            print_bias(row["stopping_bias"])
     if args.save_values:
         np.savez(args.save_values, **saved)
-    return summarize(rows, plan, args)
+    return summarize(rows, rule.plan, args)
 
 
 def check_values(args: argparse.Namespace) -> dict:
     """The rule's coverage at points whose per-sample values were saved before (no model needed)."""
-    data = np.load(args.values)
-    plan, rng, rows = plan_of(args), np.random.default_rng(args.point_seed), []
-    fixed = [int(n) for n in args.fixed_n.split(",") if n.strip()] if args.fixed_n else []
-    center = data["loss_0_0"].astype(np.float64) if "loss_0_0" in data.files else None
-    if plan.strata and center is None:
-        raise LandscapeError(f"{args.values} has no center (loss_0_0): --stratify orders the samples by its losses")
-    for key in sorted(k for k in data.files if k.startswith("loss_")):
-        vals = data[key].astype(np.float64)
-        hits = data["hits_" + key[5:]] if "hits_" + key[5:] in data.files else np.ones_like(vals)
-        full = float(vals.mean())
-        # a point saved for a prefix of the common order (fewer values than the center) is
-        # stratified by the center's losses on that prefix
-        if center is not None and plan.strata and len(vals) > len(center):
-            raise LandscapeError(f"{args.values}: {key} has {len(vals)} values, the center {len(center)}; "
-                                 "--stratify needs the center's losses for every sample of a point")
-        ckey = center[:len(vals)] if center is not None else None
-        o = run_order(len(vals), plan, ckey)
-        est = estimate(array_sums(vals[o], hits[o]), len(vals), args.batch_size, plan)
-        sim = rule_coverage(vals, hits, plan, args.batch_size, args.reps, rng, ckey)
-        sim["fixed_n"] = {n: fixed_n_coverage(vals, n, args.reps, rng, plan, ckey) for n in fixed
-                          if n < len(vals)}
-        x, y = (float(c) for c in key[5:].split("_"))
-        rows.append({"x": x, "y": y, "full": full, "adaptive": est.loss, "se": est.loss_se, "n": est.n,
-                     "N": len(vals), "err": abs(est.loss - full),
-                     "covered": bool(inside(abs(est.loss - full), est.loss_se, full)), "rule": sim})
-        print(f"({x:+.2f},{y:+.2f}) N={len(vals)} full {full:.4g}  rule coverage {sim['coverage_2se']:.3f} "
-              f"(mean n {sim['mean_n']:.0f}, max |err| {sim['max_err']:.3g}); plain normal at n=" +
-              ", ".join(f"{n}: {c:.2f}" for n, c in sim["fixed_n"].items()), flush=True)
-    return summarize(rows, plan, args)
+    rule, rows = rule_of(args), []
+    for row in validate.check_values(args.values, rule):
+        sim = row["rule"]
+        rows.append(row)
+        print(f"({row['x']:+.2f},{row['y']:+.2f}) N={row['N']} full {row['full']:.4g}  rule coverage "
+              f"{sim['coverage_2se']:.3f} (mean n {sim['mean_n']:.0f}, max |err| {sim['max_err']:.3g}); plain normal "
+              "at n=" + ", ".join(f"{n}: {c:.2f}" for n, c in sim["fixed_n"].items()), flush=True)
+        if "stopping_bias" in row:
+            print_bias(row["stopping_bias"])
+    return summarize(rows, rule.plan, args)
 
 
 def summarize(rows: list[dict], plan: SamplingPlan, args: argparse.Namespace) -> dict:
-    below = [r for r in rows if r["full"] < plan.vmax]
-    low = [r for r in rows if r["full"] < 1.0]
-    summary = {
-        "ckpt": args.ckpt, "values": args.values, "precision": args.precision, "plan": plan.settings(),
-        "points": len(rows), "points_below_vmax": len(below),
-        "covered": int(sum(bool(r["covered"]) for r in rows)),
-        "max_err_below_vmax": max((r["err"] for r in below), default=float("nan")),
-        "coverage_2se_points": float(np.mean([r["covered"] for r in rows])),
-        "rule_coverage_min": min(r["rule"]["coverage_2se"] for r in rows),
-        "rule_coverage_min_low_loss": min((r["rule"]["coverage_2se"] for r in low), default=float("nan")),
-        "forwards_ratio": sum(r["N"] for r in rows) / sum(r["n"] for r in rows),
-        "rows": rows,
-    }
+    summary = validate.summarize(rows, plan, args.ckpt, args.values, args.precision)
     print(f"points: max |adaptive - full| where loss < vmax: {summary['max_err_below_vmax']:.4g} (T = {plan.tolerance:g}); "
           f"+-2 SE covers {summary['coverage_2se_points']:.1%} of the points; the rule's coverage over "
           f"{args.reps} orders: min {summary['rule_coverage_min']:.1%} (loss < 1: "
           f"{summary['rule_coverage_min_low_loss']:.1%}); forwards saved {summary['forwards_ratio']:.1f}x")
+    if "stopping_bias" in summary:
+        b = summary["stopping_bias"]
+        print(f"stopping bias pooled over {b['points']} points ({b['whole_set_points']} always on the whole set, "
+              "bias 0):")
+        print_bias(b)
     return summary
 
 
-def _direction_difference(a: str, b: str) -> dict:
-    from landscape.directions import load_directions
-
-    da, db = load_directions(a), load_directions(b)
-    worst = 0.0
-    for xa, xb in ((da.x, db.x), (da.y, db.y)):
-        if xa is None or xb is None or len(xa) != len(xb):
-            return {"same": False, "why": "different tensors"}
-        for ta, tb in zip(xa, xb):
-            if ta.shape != tb.shape:
-                return {"same": False, "why": f"shapes {tuple(ta.shape)} vs {tuple(tb.shape)}"}
-            scale = float(ta.double().abs().max()) or 1.0
-            worst = max(worst, float((ta.double() - tb.double()).abs().max()) / scale)
-    return {"same": worst < 1e-5, "max_rel_diff": worst}
-
-
-def _beside(dir_file: str | None, surf_path: str) -> str | None:
-    """A surface's direction file: as recorded, else the file of that name beside the surface
-    (a file computed on another machine records that machine's path)."""
-    if not dir_file:
-        return None
-    for p in (Path(dir_file), Path(surf_path).parent / Path(dir_file).name):
-        if p.is_file():
-            return str(p)
-    return None
-
-
-def _restrict(ref, ad, ad_path: str, ref_path: str):
-    """The reference on the adaptive surface's grid, when that grid is part of the reference's (a
-    shallow copy; `ref` is left as it is)."""
-    def at(sub, full, axis):
-        if sub is None and full is None:
-            return None
-        idx = [np.flatnonzero(np.isclose(full, c, atol=1e-9)) for c in (sub if sub is not None else [])]
-        if full is None or sub is None or any(len(i) != 1 for i in idx):
-            raise LandscapeError(f"{ad_path} is not on the grid of {ref_path} (its {axis} coordinates are not "
-                                 "among the reference's)")
-        return np.array([int(i[0]) for i in idx])
-    ix, iy = at(ad.x, ref.x, "x"), at(ad.y, ref.y, "y")
-    pick = (lambda a: a[np.ix_(iy, ix)]) if iy is not None else (lambda a: a[ix])
-    ref = copy.copy(ref)  # the caller's reference serves other surfaces too; every field below is replaced
-    ref.metrics = {k: pick(v) for k, v in ref.metrics.items()}
-    ref.done = pick(ref.done)
-    ref.x, ref.y = ad.x, ad.y
-    return ref
-
-
-BANDS = ((0, 1), (1, 2), (2, 5), (5, None))  # None: vmax
-
-
-def _bands(vmax: float):
-    return [(lo, vmax if hi is None else hi) for lo, hi in BANDS]
-
-
-def check_surface(path: str, reference, args: argparse.Namespace) -> tuple[dict, dict]:
-    """One adaptive surface against the reference (a Surface read from `args.reference`):
-    (numbers, arrays for pooling across orders)."""
-    from landscape.storage import read_surface
-
-    ad, ref = read_surface(path), reference
-    if ad.shape != ref.shape or not np.allclose(ad.x, ref.x) or (ad.y is not None and not np.allclose(ad.y, ref.y)):
-        ref = _restrict(ref, ad, path, args.reference)
-    if "train_loss_se" not in ad.metrics:
-        raise LandscapeError(f"{path} has no train_loss_se: compute it with --tolerance")
-    vmax = args.vmax
-    tol = ((ad.settings or {}).get("sampling") or {}).get("tolerance")
-    both = ad.done & ref.done
-    a, r, se = ad.metrics["train_loss"], ref.metrics["train_loss"], ad.metrics["train_loss_se"]
-    err = np.abs(a - r)
-    below = both & (r < vmax)
-    covered = inside(err, se, r)
-    used, full = forwards_used(ad, "train")
-    size = full // max(int(ad.done.sum()), 1)
-    # points evaluated on the whole set, when that set is the reference's (a --n-samples subset is not)
-    whole = both & (ad.metrics["train_n"] >= size) if set_size(ref) == size else np.zeros_like(both)
-    rel_diff = err[whole] / np.maximum(np.abs(r[whole]), 1e-12)
-    if args.precision_allowance == "auto":
-        allowance = float(rel_diff.max()) if rel_diff.size else 0.0
-    else:
-        try:
-            allowance = float(args.precision_allowance)
-        except ValueError:
-            raise LandscapeError(f"--precision-allowance must be 'auto' or a number, got {args.precision_allowance!r}") from None
-    allowed = inside(err, se, r, allowance)
-    bands = {}
-    for lo, hi in _bands(vmax):
-        m = both & (r >= lo) & (r < hi)
-        if m.any():
-            bands[f"{lo}-{hi}"] = {"points": int(m.sum()), "max_err": float(err[m].max()),
-                                   "coverage_2se": float(covered[m].mean()),
-                                   "coverage_2se_allowed": float(allowed[m].mean())}
-    out = {
-        "surface": path, "reference": args.reference, "tolerance": tol, "vmax": vmax,
-        "sample_seed": ((ad.settings or {}).get("sampling") or {}).get("seed"),
-        "points": int(both.sum()), "points_below_vmax": int(below.sum()),
-        "max_err_below_vmax": float(err[below].max()) if below.any() else float("nan"),
-        "err_over_T_p99": float(np.quantile(err[below], 0.99) / tol) if below.any() and tol else None,
-        "coverage_2se_below_vmax": float(covered[below].mean()) if below.any() else float("nan"),
-        "coverage_2se_all": float(covered[both].mean()),
-        "whole_set_points": int(whole.sum()),
-        "whole_set_rel_diff_max": float(rel_diff.max()) if rel_diff.size else None,
-        "whole_set_rel_diff_mean": float(rel_diff.mean()) if rel_diff.size else None,
-        "precision_allowance": allowance,
-        "coverage_2se_allowed_below_vmax": float(allowed[below].mean()) if below.any() else float("nan"),
-        "bands": bands, "forwards_used": used, "forwards_full": full, "forwards_ratio": full / max(used, 1),
-        "reference_precision": (ref.settings or {}).get("precision"), "precision": (ad.settings or {}).get("precision"),
-    }
-    dirs = [_beside(f.dir_file, p) for f, p in ((ad, path), (ref, args.reference))]
-    if all(d is not None for d in dirs):
-        out["directions"] = _direction_difference(*dirs)
-    print(f"{path} (sample order seed {out['sample_seed']}):")
+def print_surface(out: dict) -> None:
+    """One `validate.check_surface` result."""
+    vmax, tol, used, full = out["vmax"], out["tolerance"], out["forwards_used"], out["forwards_full"]
+    print(f"{out['surface']} (sample order seed {out['sample_seed']}):")
     print(f"surfaces: {out['points_below_vmax']} of {out['points']} points below vmax={vmax:g}: max |adaptive - full| "
           f"{out['max_err_below_vmax']:.4g} (T = {tol}); +-2 SE covers {out['coverage_2se_below_vmax']:.1%} there, "
           f"{out['coverage_2se_all']:.1%} of all points; forwards {used:,} vs {full:,} ({out['forwards_ratio']:.1f}x)")
-    if whole.any():
+    if out["whole_set_points"]:
         print(f"  {out['whole_set_points']} points evaluated on the whole set differ from the reference by "
-              f"{rel_diff.mean():.1e} relative on average, at most {rel_diff.max():.1e} (arithmetic, not sampling)")
-    print(f"  allowing {allowance:.1e} x |full loss| for the reference's arithmetic: +-2 SE covers "
+              f"{out['whole_set_rel_diff_mean']:.1e} relative on average, at most {out['whole_set_rel_diff_max']:.1e} "
+              "(arithmetic, not sampling)")
+    print(f"  allowing {out['precision_allowance']:.1e} x |full loss| for the reference's arithmetic: +-2 SE covers "
           f"{out['coverage_2se_allowed_below_vmax']:.1%} below vmax")
-    for k, b in bands.items():
+    for k, b in out["bands"].items():
         print(f"  loss {k}: {b['points']} points, max |err| {b['max_err']:.4g}, coverage {b['coverage_2se']:.1%} "
               f"({b['coverage_2se_allowed']:.1%} with the allowance)")
     if "directions" in out:
         print(f"  directions: {out['directions']}")
-    arrays = {"both": both, "full": r, "covered": covered, "allowed": allowed, "err": err, "x": ad.x, "y": ad.y,
-              "tol": tol}
-    return out, {**arrays, "ad": ad, "ref": ref}
+
+
+def print_orders(out: dict) -> None:
+    """A `validate.across_orders` result."""
+    print(f"orders: {out['runs']} runs (seeds {', '.join(map(str, out['seeds']))}), {out['points_below_vmax']} points "
+          f"below vmax: +-2 SE covers {out['coverage_2se_pooled_below_vmax']:.1%} pooled "
+          f"({out['coverage_2se_allowed_pooled_below_vmax']:.1%} with the precision allowance), |err| <= T at "
+          f"{out['within_T_pooled_below_vmax']:.1%}")
+    for k, b in out["bands"].items():
+        print(f"  loss {k}: {b['points']} points, coverage pooled {b['coverage_2se_pooled']:.1%} "
+              f"(one run: {b['coverage_2se_min_run']:.1%} to {b['coverage_2se_max_run']:.1%}; "
+              f"{b['coverage_2se_allowed_pooled']:.1%} with the precision allowance), "
+              f"the least covered point {b['point_coverage_min']:.0%} of the runs")
 
 
 def check_surfaces(args: argparse.Namespace) -> dict:
-    """`--surface` against `--reference`: one file as `check_surface`; several, each of them and
-    the coverage across their sample orders (`across_orders`)."""
+    """`--surface` against `--reference`: one file as `validate.check_surface`; several, each of them
+    and the coverage across their sample orders (`validate.across_orders`)."""
     from landscape.storage import read_surface
 
     reference = read_surface(args.reference)
-    runs = [check_surface(p, reference, args) for p in args.surface]
+    runs = []
+    for path in args.surface:
+        runs.append(validate.check_surface(path, reference, args.reference, args.vmax, args.precision_allowance))
+        print_surface(runs[-1][0])
     if len(runs) == 1:
         out, arr = runs[0]
         if args.figure:
             out["figure"] = [str(p) for p in comparison(arr["ad"], arr["ref"], args, out["tolerance"], out)]
             print("figure: " + ", ".join(out["figure"]))
         return out
-    out = {"runs": [o for o, _ in runs], "orders": across_orders(runs, args)}
+    out = {"runs": [o for o, _ in runs], "orders": validate.across_orders(runs, args.vmax)}
+    print_orders(out["orders"])
     if args.figure:
         out["figure"] = [str(p) for p in orders_figure(runs, out["orders"], args)]
         print("figure: " + ", ".join(out["figure"]))
-    return out
-
-
-def across_orders(runs: list[tuple[dict, dict]], args: argparse.Namespace) -> dict:
-    """Coverage of +-2 SE over several sample orders of one surface: per band, pooled over the runs
-    and its least and largest value in one run; per point, the fraction of runs that cover it."""
-    seeds = [o["sample_seed"] for o, _ in runs]
-    if len(set(seeds)) != len(seeds):
-        raise LandscapeError(f"the surfaces share sample orders (seeds {seeds}); compute each with its own --seed")
-    first = runs[0][1]
-    for (o, a) in runs[1:]:
-        if a["covered"].shape != first["covered"].shape or not np.allclose(a["x"], first["x"]) or (
-                a["y"] is not None and not np.allclose(a["y"], first["y"])):
-            raise LandscapeError(f"{o['surface']} is not on the grid of {runs[0][0]['surface']}; "
-                                 "compare runs of the same grid")
-        if o.get("directions", {}).get("same") is False:
-            raise LandscapeError(f"{o['surface']} was computed along other directions than the reference")
-    both = np.all([a["both"] for _, a in runs], axis=0)
-    full = first["full"]
-    hits = np.sum([a["covered"] & both for _, a in runs], axis=0)
-    hits_allowed = np.sum([a["allowed"] & both for _, a in runs], axis=0)
-    within = np.sum([(a["err"] <= (a["tol"] or np.inf)) & both for _, a in runs], axis=0)
-    frac = np.where(both, hits / len(runs), np.nan)
-    bands = {}
-    for lo, hi in _bands(args.vmax):
-        m = both & (full >= lo) & (full < hi)
-        if not m.any():
-            continue
-        per_run = [float(a["covered"][m].mean()) for _, a in runs]
-        bands[f"{lo}-{hi}"] = {"points": int(m.sum()), "coverage_2se_pooled": float(hits[m].sum() / (m.sum() * len(runs))),
-                               "coverage_2se_per_run": per_run, "coverage_2se_min_run": min(per_run),
-                               "coverage_2se_max_run": max(per_run),
-                               "coverage_2se_allowed_pooled": float(hits_allowed[m].sum() / (m.sum() * len(runs))),
-                               "within_T_pooled": float(within[m].sum() / (m.sum() * len(runs))),
-                               "point_coverage_min": float(frac[m].min())}
-    below = both & (full < args.vmax)
-    out = {"runs": len(runs), "seeds": seeds, "points": int(both.sum()), "points_below_vmax": int(below.sum()),
-           "coverage_2se_pooled_below_vmax": float(hits[below].sum() / (below.sum() * len(runs))) if below.any() else None,
-           "max_err_below_vmax_per_run": [o["max_err_below_vmax"] for o, _ in runs],
-           "coverage_2se_allowed_pooled_below_vmax":
-               float(hits_allowed[below].sum() / (below.sum() * len(runs))) if below.any() else None,
-           "precision_allowance_per_run": [o["precision_allowance"] for o, _ in runs],
-           "within_T_pooled_below_vmax": float(within[below].sum() / (below.sum() * len(runs))) if below.any() else None,
-           "bands": bands, "point_coverage": frac.tolist()}
-    print(f"orders: {len(runs)} runs (seeds {', '.join(map(str, seeds))}), {out['points_below_vmax']} points below "
-          f"vmax: +-2 SE covers {out['coverage_2se_pooled_below_vmax']:.1%} pooled "
-          f"({out['coverage_2se_allowed_pooled_below_vmax']:.1%} with the precision allowance), |err| <= T at "
-          f"{out['within_T_pooled_below_vmax']:.1%}")
-    for k, b in bands.items():
-        print(f"  loss {k}: {b['points']} points, coverage pooled {b['coverage_2se_pooled']:.1%} "
-              f"(one run: {b['coverage_2se_min_run']:.1%} to {b['coverage_2se_max_run']:.1%}; "
-              f"{b['coverage_2se_allowed_pooled']:.1%} with the precision allowance), "
-              f"the least covered point {b['point_coverage_min']:.0%} of the runs")
     return out
 
 

@@ -297,7 +297,7 @@ def test_script_map_spectrum_plots_resume_and_compare(hessian_script, digits_ckp
     stem = tmp_path / "cmp"
     assert hessian_script.main(["--compare", str(surf_file), str(surf_file), "--titles", "a", "b",
                                 "--compare-spectra", *[str(out / "digits_r20_hessian_spectrum_n24_seed0.h5")] * 2,
-                                "--out", str(stem)]) == 0
+                                "--out", str(stem.parent), "--name", stem.name]) == 0
     assert (tmp_path / "cmp.png").is_file() and (tmp_path / "cmp_spectrum.png").is_file()
     assert "a: |min/max| center" in capsys.readouterr().out
 

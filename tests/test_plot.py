@@ -192,7 +192,7 @@ def test_plot_1d_script(tmp_path: Path) -> None:
     write_surface(tmp_path / "line.h5", parabola())
     out = tmp_path / "figs" / "line"
     r = run_script("plot_1d.py", "--surf_file", str(tmp_path / "line.h5"), "--log", "--xmin", "-0.5",
-                   "--loss_max", "2", "--acc_min", "10", "--out", str(out))
+                   "--loss_max", "2", "--acc_min", "10", "--out", str(out.parent), "--name", out.name)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted(f"{out}_{k}.{e}" for k in ("1d", "1d_log") for e in ("png", "pdf"))
 

@@ -55,7 +55,7 @@ def test_train_script_writes_checkpoint_snapshots_and_manifest(script, tmp_path,
     out = tmp_path / "run" / "final.pt"
     manifest = tmp_path / "MANIFEST.json"
     mod.main(["--model", "resnet20", "--dataset", "digits", "--epochs", "2", "--save-every", "1",
-              "--out", str(out), "--manifest", str(manifest), "--seed", "3"])
+              "--out", str(out.parent), "--name", "final", "--manifest", str(manifest), "--seed", "3"])
     assert (tmp_path / "run" / "model_0.pt").is_file() and (tmp_path / "run" / "model_1.pt").is_file()
     ckpt = load_checkpoint(out)
     assert ckpt.meta["arch"] == "resnet20" and ckpt.meta["dataset"] == "digits" and ckpt.meta["in_channels"] == 1

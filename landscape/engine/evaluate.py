@@ -42,13 +42,11 @@ def tf32_mode(device: torch.device, allow: bool):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 # CPU batch size: the largest power of two whose biggest activation tensor holds at most
-# CPU_ACTIVATION_BUDGET elements (4 MiB in fp32, an eighth of this EPYC's L3), within
+# CPU_ACTIVATION_BUDGET elements (4 MiB in fp32, a share of a server CPU's last-level cache), within
 # [CPU_BATCH_MIN, CPU_BATCH_MAX]: 64 for 3x32x32 CIFAR ResNets (16x32x32 activations), 256 for
-# 8x8 digits. Measured by a batch sweep (BENCHMARKS.md): a batch whose activations outgrow a
-# few MiB was up to 2x slower. In bf16 small inputs take up to CPU_BATCH_MAX_BF16 (digits
-# ResNet-56, fused bf16: 16.6 k image-forwards/s at 256, 18.8 k at 512, 19.7 k at 1024, while fp32
-# was 5 % slower at 1024 and CIFAR bf16 11 % slower at twice the budget). An adaptive run's batch
-# is also capped at --n0 (a point grows in whole batches). --batch-size overrides it.
+# 8x8 digits; a batch whose activations outgrow a few MiB ran slower. In bf16 small inputs take up
+# to CPU_BATCH_MAX_BF16 (the batch sweeps: BENCHMARKS.md). An adaptive run's batch is also capped
+# at n0 (a point grows in whole batches). batch_size overrides it.
 CPU_ACTIVATION_BUDGET = 2 ** 20
 CPU_BATCH_MIN, CPU_BATCH_MAX, CPU_BATCH_MAX_BF16 = 8, 256, 1024
 DEFAULT_BATCH = 256  # when the model cannot be probed, and for streamed DataLoaders
@@ -63,11 +61,9 @@ _MMAP_THRESHOLD_MAX = 32 * 2 ** 20
 def keep_freed_memory() -> bool:
     """Ask glibc's allocator to keep freed memory for reuse (mmap threshold at its 32 MiB maximum,
     trimming off) for the rest of the process. By default it hands large freed blocks, such as
-    a batch's activations, back to the kernel and faults them in again on the next batch: plain
-    eager inference of CIFAR ResNet-56 took 3.5 M minor page faults per 4 points of 1,024 images
-    here; with them gone our loop ran 15-20 % faster on the digits ResNet-56 and as fast as before
-    on the CIFAR ResNets (BENCHMARKS.md). The process keeps its peak heap instead of shrinking.
-    Returns False where the C library is not glibc."""
+    a batch's activations, back to the kernel and faults them in again on the next batch (millions
+    of minor page faults per surface; faster without them on small models: BENCHMARKS.md). The
+    process keeps its peak heap instead of shrinking. Returns False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
@@ -130,8 +126,8 @@ def use_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
     convert its 4-D weights in place (values unchanged; call before taking the direction tensors,
     since this replaces their storage). Yes for 4-D inputs to a model with 2-D convolutions whose
     forward pass accepts that order (a .view() of a feature map may not); the caller converts the
-    inputs with `input_layout`. Measured on this CPU: fp32 ResNets 1.2x faster at the best batch
-    and up to 2x at larger ones (BENCHMARKS.md); on CUDA the tensor-core path."""
+    inputs with `input_layout`. Faster for the CPU ResNets (BENCHMARKS.md); on CUDA the tensor-core
+    path."""
     if x.dim() != 4 or len(x) == 0 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     model.to(memory_format=torch.channels_last)
@@ -253,9 +249,8 @@ class PointSetter:
 # elementwise ops, pooling and additions that follow, so on a model whose only tensor-holding
 # layers are these (BatchNorm folded away), storing the weights in bf16 and running without
 # autocast computes the same thing (bit for bit in eager mode), minus autocast's per-layer casts
-# of the weights and inputs: in benchmark.py on this CPU 1.10x for ResNet-56 on 8x8 digits, 1.24x
-# for ResNet-20 on 3x32x32, 1.01x for ResNet-56 there (BENCHMARKS.md). Models with normalization
-# layers or anything else that holds tensors keep fp32 storage under autocast.
+# of the weights and inputs (faster: BENCHMARKS.md, "bf16 weights instead of autocast"). Models with
+# normalization layers or anything else that holds tensors keep fp32 storage under autocast.
 LOW_PRECISION_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 

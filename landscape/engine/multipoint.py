@@ -8,8 +8,8 @@ values are those of the one-point loop up to float rounding (the tests check it)
 
 This is the speed issue's "several grid points per launch" lever, for where one point does not
 fill the device (a small data set on a GPU). It is opt-in (`--points-per-launch K`) until
-`scripts/benchmark.py` (modes `*-vmapK`) shows a win: on this CPU grouped convolutions made it
-0.37-0.65x of the one-point loop; on a GPU `scripts/gpu_check.sh` measures it.
+`scripts/benchmark.py` (modes `*-vmapK`) shows a win: on the CPU the grouped convolutions made it
+slower than the one-point loop (BENCHMARKS.md); on a GPU `scripts/gpu_check.sh` measures it.
 """
 
 from __future__ import annotations

@@ -4,11 +4,9 @@ torch's default is one thread per core of the machine. That is wrong in three co
 cgroup CPU quota (a container or a batch job given fewer cores than the machine has), several
 ranks on one node (torchrun starts them all with the same default), and cores that other work
 keeps busy. The last is the costly one: OpenMP threads wait for each other at every operation,
-so a thread that shares its core with another process stalls all of them. Measured on this
-project's 2-core machine (`scripts/benchmark.py --case cifar-resnet20 --busy 1 --threads ...`,
-BENCHMARKS.md): with one core kept busy by another process our fp32 loop ran at 1,027
-image-forwards/s with one thread and 669 with two (0.65x); with both cores idle, 984 with one
-and 1,841 with two.
+so a thread that shares its core with another process stalls all of them: with one of two cores
+kept busy, two threads ran slower than one (BENCHMARKS.md, "CPU threads when other work shares
+the cores"; `scripts/benchmark.py --busy N --threads ...` measures it).
 
 So the default is: the cores this process may use (its affinity mask, capped by a cgroup quota),
 shared among the ranks of its node, and no more than are idle now (measured from /proc/stat over

@@ -37,7 +37,7 @@ Vector = list[torch.Tensor]
 HVP_METHODS = ("auto", "func", "backprop")
 AXIS_KINDS = ("random", "hessian", "hessian_min")  # what an axis of a curvature map runs along
 SCALES = ("weights", "unit")  # length of a Hessian eigenvector direction
-DEFAULT_HVP_BATCH = 256  # CPU; 2 CPU cores, ResNet-56 on digits: 256 beats 128 by 8 % and 64 by 25 %
+DEFAULT_HVP_BATCH = 256  # CPU: the fastest of 64, 128, 256 for ResNet-56 on the digits (BENCHMARKS.md)
 DEFAULT_HVP_BATCH_CUDA = 2048  # halved on out-of-memory until it fits
 # Relative difference allowed between the two HVP paths (checked once per operator). Measured on
 # the digits ResNet-56 in fp32: 1.6e-4 (the trained model's loss is ~5e-4, so the gradient is a
@@ -193,8 +193,7 @@ class HessianOperator:
             raise RuntimeError(f"the torch.func and double-backprop Hessian-vector products differ by "
                                f"{diff / scale:.2e} (relative; allowed {rtol:.0e}); pass --hvp backprop or "
                                "--hvp func to use one path, and report this model")
-        # Double backprop is faster on the CPU: 0.41 s against 0.65 s per product (median of 3; digits
-        # ResNet-56 without shortcuts, 128 samples, 1 thread on 2 shared cores).
+        # double backprop was the faster on the CPU, forward-over-reverse on GPUs (BENCHMARKS.md, Curvature)
         self.method = "backprop" if self.device.type == "cpu" else "func"
         self.check = {"method": self.method, "rel_diff": diff / scale, "rtol": rtol}
         return hv_func if self.method == "func" else hv_back

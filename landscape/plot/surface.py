@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -25,7 +25,9 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from landscape.errors import LandscapeError
-from landscape.storage import Surface
+
+if TYPE_CHECKING:  # figures need a Surface's arrays only: no import of the store (it imports this lazily)
+    from landscape.storage import Surface
 
 DPI = 150
 CMAP = "viridis"  # contour, filled contour, heat map

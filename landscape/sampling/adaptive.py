@@ -1,20 +1,24 @@
 """Adaptive sampling: each surface point evaluated on only as many samples as the figure needs.
 
 A point's loss is a mean over the data set; a random subset of n samples estimates it with
-standard error s / sqrt(n) (s: the subset's standard deviation). A point that uses all N
-samples has SE 0 and equals the exact evaluation. The finite-population factor sqrt(1 - n/N)
-is left out, a conservative choice: it only matters as n nears N (on CIFAR, n << N), and on
-digits (N = 1,437) it would save 8 % of the samples at a lower worst-point coverage of +-2 SE
-(93.7 % against 94.7 %, 31 points, 300 random orders each; BENCHMARKS.md). The set is permuted once with a seeded generator
-and every point reads the same order (common random numbers: neighbouring points see the same
-images, so the surface stays smooth); a point grows its prefix [0, n) until
+standard error s / sqrt(n) (s: the subset's standard deviation). The set is permuted once with a
+seeded generator and every point reads the same order (common random numbers: neighbouring points
+see the same images, so the surface stays smooth); a point grows its prefix [0, n) until
 
 - its bound z * SE is at most the tolerance T, or
 - it is confidently above the highest contour drawn (mean - z_vmax * SE > vmax), or
 - the set is exhausted.
 
+What a stored standard error means, in every mode: the standard error of the stored mean as an
+estimate of the mean over the whole set the samples were drawn from (the `population`: the whole
+split, also when `--n-samples` took a subset of it). It is 0 only where a point used that whole
+set; the finite-population factor sqrt(1 - n/N) is left out (a conservative choice: it matters
+only as n nears N). A fixed prefix is an unbiased estimate; a point that stops once its SE falls
+below T is not quite (its stopping time depends on the samples it read): the bias is measured by
+`landscape.sampling.validate.stopping_bias` and stated in docs/sampling.md.
+
 Where a few samples carry the mean (near the minimum: a few misclassified images) the normal
-SE is too small. Two guards, both measured (BENCHMARKS.md): a point whose mean loss is below
+SE is too small. Two guards (their coverage: BENCHMARKS.md): a point whose mean loss is below
 `low_loss` takes at least `n_low` samples, and no point stops before the losses' effective
 sample size (sum l)^2 / sum l^2 (Kish) reaches `ess_min`: about the number of "heavy" samples
 seen, which the normal approximation needs to be a dozen or so.
@@ -22,13 +26,11 @@ seen, which the normal approximation needs to be a dozen or so.
 With `strata` (`--stratify K`) the common order is stratified (`stratified_order`): one pass at
 the center gives every sample's loss there, and every prefix then holds each of K quantile blocks
 of those losses in proportion. The per-sample losses of points near the minimum follow the
-center's (correlation 0.75-0.79 at 0.16 from it on CIFAR-10 ResNet-56), so the images that carry
-their mean can no longer crowd into, or stay out of, the first chunks of one order: that shared
-accident, not the per-point SE, is what moved a whole basin by 1-3 SE at once in some orders
-(BENCHMARKS.md). The prefix mean stays unbiased, and the reported SE stays the plain s / sqrt(n),
-which overstates a stratified mean's error by the share of the variance the center's losses
-explain: same stopping rule, same cost, coverage up where that share is large. The order is kept
-beside the surface (`order_path`) so a resumed run reads the same one.
+center's, so the images that carry their mean can no longer crowd into, or stay out of, the
+first chunks of one order: that shared accident, not the per-point SE, moved a whole basin at
+once in some orders (BENCHMARKS.md). The reported SE stays the plain s / sqrt(n), which overstates
+a stratified mean's error by the share of the variance the center's losses explain. The order is
+kept beside the surface (`order_path`) so a resumed run reads the same one.
 
 Apart from that order file, nothing here knows about files. `SampledMeasure` is a measure for
 `surface.compute_surface`: it returns (loss, loss_se, acc, acc_se, n), stored as `train_loss`,
@@ -64,10 +66,8 @@ class SamplingPlan:
     z: float = 2.0  # bound = z * SE
     vmax: float | None = None  # stop once mean - z_vmax * SE > vmax (above the highest contour drawn)
     # A stop there leaves an SE of up to (mean - vmax) / z_vmax, far beyond the tolerance's, so it
-    # asks for more confidence than the bound: on the 51x51 CIFAR-10 ResNet-56 headline two points
-    # of true loss 9.8 read 10.9 in their first 256 images (3.0 and 3.2 SE high, the same images for
-    # both) and stopped there at 2 SE; at 3.5 none below vmax stops, for 4.7 % more forwards
-    # (BENCHMARKS.md).
+    # asks for more confidence than the bound (at 2 SE points below vmax stopped there on the
+    # CIFAR-10 headline: BENCHMARKS.md, "The vmax rule at 3.5 SE").
     z_vmax: float = 3.5
     low_loss: float = 0.1  # below this mean loss, the normal SE is not trusted before n_low samples
     n_low: int = 2048

@@ -1,11 +1,10 @@
 """Coarse-to-fine adaptive sampling: a point's coarser neighbours serve as its control variate.
 
 With common random numbers (every point reads the data in one seeded order), the per-sample
-losses of neighbouring grid points are almost the same: on CIFAR-10 ResNet-56 (51x51 grid over
-[-1, 1]^2) the per-sample loss ell_p correlates at 0.98-0.99 with a neighbour one step away, and
-ell_p - (ell_a + ell_b) / 2, for the neighbours a, b on either side, has 200-850x less variance
-than ell_p (30-100x at two steps), and the cubic through four points 1.6-1.8x less again
-(BENCHMARKS.md). So a point p whose coarser neighbours q_i are known precisely is estimated as
+losses of neighbouring grid points are almost the same, and ell_p - (ell_a + ell_b) / 2, for the
+neighbours a, b on either side, has a small fraction of the variance of ell_p (measured on the
+CIFAR-10 ResNet-56 surface: BENCHMARKS.md). So a point p whose coarser neighbours q_i are known
+precisely is estimated as
 
     L(p) ~ sum_i w_i L(q_i) + mean over the first n samples of (ell_p - sum_i w_i ell_{q_i})
 
@@ -36,9 +35,8 @@ its direct mean (exact, SE 0). The stopping rules of `landscape.sampling.adaptiv
 vmax, low-loss, effective sample size) with one change: a point that has children stops on the
 vmax rule only once its lower bound is above PARENT_VMAX x vmax, if it is a level-0 point or uses
 a control, since children between it and a neighbour below vmax may fall below vmax and need it
-precise (on the 51x51 CIFAR-10 ResNet-56 surface 55 % of the forwards went to points near vmax
-whose parents had stopped at 256 samples above it; refining the direct ones of finer levels too
-cost more than it saved: BENCHMARKS.md). The file records per point which estimate was used
+precise (why these parents and not others: BENCHMARKS.md, "refining parents near vmax"). The file
+records per point which estimate was used
 (`<split>_control`: 0 the direct mean, 1 the cubic or linear parents, 2 the linear fallback).
 
 Points are evaluated level by level in one process; per-sample values are kept for points that
@@ -93,8 +91,8 @@ def level_share(level: int, depth: int) -> float:
     """The fraction of the squared tolerance a point of `level` (of 0..depth) may use, its
     ancestors' error included: equal shares per level, (level + 1) / (depth + 1). Level k costs
     K_k / (its share), K_k = (its points) x (its residual's per-sample variance) / T^2; the total
-    is least with shares proportional to sqrt(K_k), and on the 51x51 CIFAR-10 ResNet-56 surface
-    those came out at 0.32 / 0.20 / 0.22 / 0.26, within 3 % of equal shares' cost."""
+    is least with shares proportional to sqrt(K_k), which on the CIFAR-10 ResNet-56 surface came
+    out close to equal shares (BENCHMARKS.md)."""
     return (level + 1) / (depth + 1)
 
 
