@@ -9,7 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import benchmark  # noqa: E402
+import benchmark  # noqa: E402  (the script: its command line)
+
+from landscape import benchmark as bench  # noqa: E402  (the package: the modes and their flags)
 
 
 def test_benchmark_writes_ratios_against_plain_inference_in_and_out_of_process(tmp_path) -> None:
@@ -34,14 +36,14 @@ def test_benchmark_rejects_an_unknown_mode(capsys) -> None:
     assert "unknown mode 'fp64'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", sorted(benchmark.MODES))
+@pytest.mark.parametrize("mode", sorted(bench.MODES))
 def test_each_mode_has_the_surface_flags_that_reproduce_it(mode) -> None:
     """scripts/gpu_check.sh runs the surface with the fastest mode's `surface_flags`: parsed by
     plot_surface.py they must give a job with the mode's engine options."""
     import plot_surface
 
-    opts, k = benchmark.MODES[mode], benchmark.PER_LAUNCH.get(mode, 1)
-    job = plot_surface.build_job(plot_surface.parse_args(["--ckpt", "m.pt", *benchmark.surface_flags(opts, k)]))
+    opts, k = bench.MODES[mode], bench.PER_LAUNCH.get(mode, 1)
+    job = plot_surface.build_job(plot_surface.parse_args(["--ckpt", "m.pt", *bench.surface_flags(opts, k)]))
     e = job.engine
     assert (e.precision, e.fold_bn, e.compile, e.compile_mode, e.cuda_fuse, e.cudnn_benchmark,
             e.points_per_launch) == (opts.precision, opts.fold_bn, opts.compile, opts.compile_mode, opts.cuda_fuse,
