@@ -5,10 +5,25 @@ Layout (DESIGN.md):
     <metric> (ny, nx) or (nx,) float64              train_loss, train_acc, test_loss, ...
     done     same shape, uint8                      1 where the point is computed
     dir_file                                        the direction file's path (string)
+    exact/<accuracy>  same shape, float64           the accuracies as computed fractions (below)
     attrs: format_version, settings (JSON), and readable copies of the settings
 
-Values at points that are not done are NaN in the file, but `done` alone decides what is
-computed: a metric may be 0, negative, inf or NaN at a computed point.
+The reference code's conventions, so that its plot_1D.py and plot_2D.py draw our files right
+(format 2; `FORMAT_VERSION`):
+- accuracies are stored in percent: the metric `acc` of each split (`train_acc`, `test_acc`) and
+  its standard error (`train_acc_se`); `is_accuracy` names them. In memory (`Surface.metrics`)
+  they are fractions: the conversion happens here, at the file boundary (x100 on writing, /100
+  on reading). A float64 fraction does not always survive x100 then /100 (about one in six moves
+  by one unit in the last place), so the group `exact` also holds each accuracy as the fraction
+  computed, and the reader takes it wherever it still matches the percentage: a surface read
+  back equals the one written bit for bit (a resumed or merged surface equals an uninterrupted
+  one), and a percentage that another program changed is read as that percentage / 100.
+- every metric array holds -1 at points not yet computed (the reference's resume logic treats
+  values <= 0 as not done). `done` alone decides what is computed, in the file and in memory:
+  a metric may be 0, negative, inf or NaN at a computed point. In memory, points not done are NaN.
+Format 1 files (accuracy as a fraction, NaN at points not done) read as before; files of the
+reference code (no `done`, no `format_version`) too: a point is done when its loss is not -1,
+and their accuracies are in percent.
 
 One process writes a surface file at a time: `SurfaceLock` holds `<file>.lock` (host, pid,
 start time) while it writes. Every write is atomic (temporary file, fsync, rename), so HDF5's
@@ -36,11 +51,14 @@ import numpy as np
 
 from landscape.errors import LandscapeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: accuracies in percent, -1 at points not done; 1: fractions, NaN (still read)
+NOT_COMPUTED = -1.0  # what the file holds at points not yet computed (the reference's fill value)
+_ACCURACY = re.compile(r"(?:[^_/]+_)?acc(?:_se)?")  # `acc` of a split, or its standard error
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
 _COORDS = ("xcoordinates", "ycoordinates")
-_RESERVED = {*_COORDS, "done", "dir_file"}
+_EXACT = "exact"  # the group of the accuracies as exact fractions
+_RESERVED = {*_COORDS, "done", "dir_file", _EXACT}
 _STRUCTURED = "json_attrs"  # the names of the attributes stored as JSON (dicts, lists, None)
 
 
@@ -89,24 +107,39 @@ class Surface:
 
     def plot_contour(self, metric: str | None = None, ax: Any = None, **kwargs: Any) -> Any:
         """`landscape.plot.surface.contour` of this surface (2-D); `metric` defaults to the first loss stored,
-        the levels (vmin, vmax, vlevel) to 20 steps over its computed finite values."""
-        from landscape import plot  # matplotlib only when plotting
+        the levels (vmin, vmax, vlevel) to a choice from its computed values (`landscape.plot.choose_levels`)."""
+        from landscape.plot.surface import contour  # matplotlib only when plotting
 
-        metric = metric or self._first_loss()
-        if "vmin" not in kwargs and "vmax" not in kwargs:
-            v = self.metrics[metric][self.done & np.isfinite(self.metrics[metric])]
-            if v.size and v.max() > v.min():
-                kwargs.update(vmin=float(v.min()), vmax=float(v.max()), vlevel=float(v.max() - v.min()) / 20)
-        return plot.contour(self, metric, ax=ax, **kwargs)
+        return contour(self, metric or self._first_loss(), ax=ax, **kwargs)
+
+    def save_figures(self, folder: str | os.PathLike, name: str | None = None,
+                     metric: str | Sequence[str] | None = None, **kwargs: Any) -> list[Path]:
+        """The standard figures as PNG and PDF files in `folder`: `landscape.plot.save_figures(self, ...)`,
+        which documents the names and options (every loss by default; levels chosen from the data)."""
+        from landscape.plot.surface import save_figures
+
+        return save_figures(self, folder, name=name, metric=metric, **kwargs)
 
     def plot_line(self, ax: Any = None, **kwargs: Any) -> Any:
         """`landscape.plot.surface.line1d` of this surface (1-D)."""
-        from landscape import plot
+        from landscape.plot.surface import line1d
 
-        return plot.line1d(self, ax=ax, **kwargs)
+        return line1d(self, ax=ax, **kwargs)
 
     def _first_loss(self) -> str:
         return next((m for m in self.metrics if m.endswith("loss")), next(iter(self.metrics), "train_loss"))
+
+
+def is_accuracy(name: str) -> bool:
+    """Whether the metric `name` is an accuracy, stored in percent: `acc` of a split (`train_acc`,
+    `test_acc`, or `acc` without a split) or its standard error (`train_acc_se`)."""
+    return _ACCURACY.fullmatch(name) is not None
+
+
+def to_file_units(name: str, values: np.ndarray) -> np.ndarray:
+    """The metric's values as a surface file stores them: accuracies in percent, others as they are."""
+    values = np.asarray(values, dtype=np.float64)
+    return values * 100.0 if is_accuracy(name) else values
 
 
 def settings_diff(old: Any, new: Any, arrow: str = "->", limit: int = 3) -> str:
@@ -127,7 +160,8 @@ def settings_diff(old: Any, new: Any, arrow: str = "->", limit: int = 3) -> str:
 def write_surface(path: str | os.PathLike, surf: Surface) -> None:
     """Write the whole surface atomically: a temporary file in the same folder, fsync, rename.
 
-    A kill at any moment leaves either the previous file or the new one, never a mix.
+    A kill at any moment leaves either the previous file or the new one, never a mix. Accuracies
+    are stored in percent, and as exact fractions in the group `exact` (module docstring).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,18 +173,29 @@ def write_surface(path: str | os.PathLike, surf: Surface) -> None:
             f["xcoordinates"] = surf.x
             if surf.y is not None:
                 f["ycoordinates"] = surf.y
+            done = np.asarray(surf.done, dtype=bool)
             for name, arr in surf.metrics.items():
                 if name in _RESERVED:
                     raise ValueError(f"metric name {name!r} is reserved")
-                f[name] = np.asarray(arr, dtype=np.float64)
-            f["done"] = surf.done.astype(np.uint8)
+                values = to_file_units(name, arr)
+                if values.shape != done.shape:  # not a per-point array: as it is
+                    f[name] = values
+                    continue
+                f[name] = np.where(done, values, NOT_COMPUTED)  # shape; -1 = not computed
+                if is_accuracy(name):
+                    exact = f.require_group(_EXACT)
+                    exact.attrs["about"] = ("accuracies as the float64 fractions computed; the arrays of the same "
+                                            "names hold them in percent (the reference code's unit)")
+                    exact[name] = np.where(done, np.asarray(arr, dtype=np.float64), NOT_COMPUTED)
+            f["done"] = done.astype(np.uint8)
             if surf.dir_file is not None:
                 f["dir_file"] = surf.dir_file
-            f.attrs["format_version"] = FORMAT_VERSION
-            structured = sorted(k for k, v in surf.attrs.items() if v is None or isinstance(v, (dict, list, tuple)))
-            for k, v in surf.attrs.items():
+            attrs = {k: v for k, v in surf.attrs.items() if k not in ("format_version", _STRUCTURED)}
+            structured = sorted(k for k, v in attrs.items() if v is None or isinstance(v, (dict, list, tuple)))
+            for k, v in attrs.items():
                 f.attrs[k] = _attr_value(v)
             f.attrs[_STRUCTURED] = json.dumps(structured)  # written as JSON: read back as what they were
+            f.attrs["format_version"] = FORMAT_VERSION  # the values' format is this writer's, whatever was read
             f.flush()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -162,11 +207,14 @@ def write_surface(path: str | os.PathLike, surf: Surface) -> None:
 
 
 def read_surface(path: str | os.PathLike) -> Surface:
-    """Read a surface file written by this package or by the reference loss-landscape code.
+    """Read a surface file written by this package (any format) or by the reference loss-landscape code.
 
-    Reference files have no `done` mask: there a point is done when its loss is not -1,
-    the reference code's fill value; their accuracies, stored in %, are read as fractions. They store 2-D values with shape (nx, ny) but fill
-    them in meshgrid order, which is (ny, nx); non-square grids are reshaped accordingly.
+    In memory accuracies are fractions and points not done are NaN, whatever the file holds:
+    format 2 stores accuracies in percent and -1 at points not done, format 1 fractions and NaN.
+    Reference files have no `done` mask: there a point is done when its loss is not -1, the
+    reference code's fill value; their accuracies are in percent. They store 2-D values with
+    shape (nx, ny) but fill them in meshgrid order, which is (ny, nx); non-square grids are
+    reshaped accordingly.
     """
     path = Path(path)
     if not path.is_file():
@@ -202,7 +250,21 @@ def _read(f: h5py.File, path: Path) -> Surface:
         arr = np.asarray(f[name][:], dtype=np.float64)
         surf.metrics[name] = arr.reshape(surf.shape)  # reference (nx, ny) holds (ny, nx) order
     if ours:
+        version = attrs.get("format_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+            raise LandscapeError(f"{str(path)!r} has surface format {version!r}, this landscape reads formats 1 to "
+                                 f"{FORMAT_VERSION}; read it with the landscape version that wrote it, or upgrade")
         surf.done = f["done"][:].astype(bool).reshape(surf.shape)
+        exact = f[_EXACT] if version >= 2 and isinstance(f.get(_EXACT), h5py.Group) else {}
+        for name, arr in surf.metrics.items():
+            if version >= 2 and is_accuracy(name):
+                percent = arr.copy()
+                arr /= 100.0  # percent in the file, a fraction in memory
+                if name in exact and exact[name].shape == f[name].shape:
+                    fraction = np.asarray(exact[name][:], dtype=np.float64).reshape(surf.shape)
+                    same = _equal_or_both_nan(to_file_units(name, fraction), percent)  # else changed by another program
+                    arr[same] = fraction[same]
+            arr[~surf.done] = np.nan  # NaN = not computed (-1 in the file since format 2)
     else:
         loss_keys = [k for k in surf.metrics if k.endswith("loss")]
         key = loss_keys[0] if loss_keys else next(iter(surf.metrics), None)
@@ -424,7 +486,7 @@ def merge_surfaces(paths: Sequence[str | os.PathLike]) -> tuple[Surface, MergeRe
     """Join surface files of one grid and one set of settings: shards of a job array, partial runs.
 
     A point is done when any input has it done; a point done in several inputs must hold the same
-    values in all of them (bit for bit, NaN equal to NaN), else the merge is refused. Shard
+    values in all of them (bit for bit as the files store them, NaN equal to NaN), else the merge is refused. Shard
     attributes are dropped: the result is the unsharded surface, which plot_surface.py can resume.
     """
     paths = [Path(p) for p in dict.fromkeys(str(p) for p in paths)]
@@ -454,8 +516,8 @@ def merge_surfaces(paths: Sequence[str | os.PathLike]) -> tuple[Surface, MergeRe
     owner = np.full(out.shape, -1)  # which input supplied each point
     for i, (p, s) in enumerate(zip(paths, surfs)):
         both = out.done & s.done
-        for m in base.metrics:
-            same = _equal_or_both_nan(out.metrics[m], s.metrics[m])
+        for m in base.metrics:  # compared as stored: a format-1 fraction equals its format-2 percent read back
+            same = _equal_or_both_nan(to_file_units(m, out.metrics[m]), to_file_units(m, s.metrics[m]))
             bad = np.flatnonzero(both & ~same)
             if bad.size:
                 k = int(bad[0])

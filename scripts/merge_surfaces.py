@@ -4,8 +4,11 @@
 Shards must come from one job: the same settings (checkpoint, data, directions, grid, loss)
 and, where two files computed the same point, the same values bit for bit. The merged file
 is the unsharded surface: plot_2d.py draws it, and plot_surface.py without --shard resumes it
-(computing any missing points). Exit status: 0 when every point is done, 1 when some are
-missing (the merged file is still written and the missing shards are named), 2 on bad input.
+(computing any missing points). Shards of either file format merge (format 1: accuracy as a
+fraction; format 2: in percent, as the reference code writes it), compared as they are stored;
+the merged file is written in the current format. Exit status: 0 when every point is done, 1
+when some are missing (the merged file is still written and the missing shards are named), 2
+on bad input.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ EXAMPLE = """example:
       --vmin 0.1 --vmax 10 --vlevel 0.5 --zlim 10
   # writes results/surface_train_loss_2dcontour.png/.pdf, _2dcontourf, _2dheat, _3dsurface
   python scripts/plot_2d.py --surf_file results/surface.h5 --out docs --name digits_resnet20
-  # writes docs/digits_resnet20_train_loss_2dcontour.png/.pdf, ...
+  # writes docs/digits_resnet20_train_loss_2dcontour.png/.pdf, ...; levels chosen from the data
+  python scripts/plot_2d.py --surf_file results/surface.h5 --log   # log levels, colours and 3-D z axis
 """
 
 
@@ -32,10 +33,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--surf_file", required=True, help="the surface .h5 file (ours or the reference code's)")
     p.add_argument("--surf_name", default="train_loss", help="the metric to plot (default: train_loss)")
-    p.add_argument("--vmin", type=float, default=0.1, help="lowest contour level and colour (default: 0.1)")
-    p.add_argument("--vmax", type=float, default=10.0, help="contour levels and colours stop below it (default: 10)")
-    p.add_argument("--vlevel", type=float, default=0.5, help="step between contour levels (default: 0.5)")
-    p.add_argument("--zlim", type=float, default=10.0, help="the 3-D surface is clipped above it (default: 10)")
+    p.add_argument("--vmin", type=float, default=None,
+                   help="lowest contour level and colour (default: chosen from the data)")
+    p.add_argument("--vmax", type=float, default=None,
+                   help="contour levels and colours stop below it (default: chosen from the data)")
+    p.add_argument("--vlevel", type=float, default=None,
+                   help="step between contour levels: with --vmin and --vmax the reference's arange(vmin, vmax, "
+                        "vlevel) (default: about 12 round levels chosen from the data, log-spaced where the values "
+                        "span decades)")
+    p.add_argument("--zlim", type=float, default=None,
+                   help="the 3-D surface leaves out values above it (default: the colour range's top)")
+    p.add_argument("--log", action="store_true",
+                   help="log scale: log-spaced contour levels, log colours, and a log z axis in 3-D")
     p.add_argument("--show", action="store_true", help="also open the figures in windows, when a display exists")
     p.add_argument("--out", default=None, metavar="FOLDER",
                    help="folder for the figures (default: the surface file's folder)")
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if surf.ndim != 2:
         raise LandscapeError(f"{args.surf_file!r} holds a 1-D surface; plot it with scripts/plot_1d.py")
     out = figure_stem(args.surf_file, args.out, args.name)
-    kw = dict(metric=args.surf_name, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, zlim=args.zlim)
+    kw = dict(metric=args.surf_name, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, zlim=args.zlim, log=args.log)
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
     for p in plot_surface_figures(surf, out, **kw, only=only):
         print(p)

@@ -4,6 +4,8 @@ HDF5, and plot it. With no arguments it runs the embedded default: the bundled d
 ResNet-20 on a 2-D filter-normalized grid over the digits training split.
 
 Re-running the same command resumes: only points not yet computed are evaluated.
+Figures: drawn with --plot; the embedded default (no --ckpt, --model-def, --model_file2, --x
+or --y) draws them without it, unless --no-plot.
 Under torchrun or srun the ranks share the points and rank 0 writes the file; with
 --shard i/N (a Slurm job array) each task computes its share into a shard file of its own
 (merge them with scripts/merge_surfaces.py).
@@ -35,7 +37,7 @@ from landscape.sources.plugins import parse_kwargs  # noqa: E402
 from landscape.surface import DirectionRequest, Interrupted, SurfaceJob, run_job  # noqa: E402
 
 EXAMPLE = """examples:
-  python scripts/plot_surface.py                      # embedded default (digits ResNet-20), ~1 min on 2 cores
+  python scripts/plot_surface.py                      # embedded default (digits ResNet-20) + figures, ~1 min on 2 cores
   python scripts/plot_surface.py --ckpt checkpoints/digits_resnet20.pt --x=-1:1:21 --y=-1:1:21 --plot
   python scripts/plot_surface.py --model resnet56 --model_file ckpt.t7 --dataset cifar10 --data-root data/ \\
       --x=-1:1:51 --y=-1:1:51 --dir_type weights --xnorm filter --xignore biasbn \\
@@ -51,6 +53,9 @@ EXAMPLE = """examples:
 
 # The embedded default's grid: small enough for under a minute on 2 CPU cores.
 DEFAULT_GRID = "-1:1:25"
+# Adaptive sampling's stopping rule and --tolerance alone use these when --vmax, --vlevel are not given
+# (the plots then choose theirs from the data); a sampled run's settings do not depend on the plots.
+SAMPLING_VMAX, SAMPLING_VLEVEL = 10.0, 0.5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated splits to evaluate: train, test or train,test (default train)")
     d.add_argument("--n-samples", type=int, default=None, help="a seeded random subset of N samples per split")
     d.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
-                   help="samples per forward pass (default: the whole set)")
+                   help="samples per forward pass (default on the CPU: sized to the cache, e.g. 64 for CIFAR ResNets and "
+                        "256 for the digits; on CUDA 8192, halved on out-of-memory)")
     d.add_argument("--loss_name", "--loss", dest="loss", default="cross_entropy", choices=sorted(LOSSES))
 
     g = p.add_argument_group("directions and grid")
@@ -134,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--cuda", action="store_true", help="same as --device cuda (reference code flag)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    u = p.add_argument_group("your own model, data and loss (landscape/plugins.py; README: Your own model, data and loss)")
+    u = p.add_argument_group("your own model, data and loss (landscape/sources/plugins.py; docs/api.md)")
     u.add_argument("--model-def", default=None, metavar="FILE.py:FN",
                    help="a function returning your torch.nn.Module (or package.module:FN); --ckpt, if given, is "
                         "loaded into it, else the surface is around its initial weights (torch seed --seed)")
@@ -187,18 +193,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "instead of faulting each batch's activations in again: up to 20 %% faster on small CPU models)")
 
     f = p.add_argument_group("plots")
-    f.add_argument("--plot", action="store_true", help="draw figures (always on for the embedded default)")
-    f.add_argument("--vmin", type=float, default=0.1)
-    f.add_argument("--vmax", type=float, default=10.0)
-    f.add_argument("--vlevel", type=float, default=0.5)
-    f.add_argument("--zlim", type=float, default=None)
-    f.add_argument("--log", action="store_true", help="log-scale loss in 1-D plots")
+    f.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the figures of every split's loss (png + pdf beside the surface file) and the interactive "
+                        "report (<surface>_report.html, docs/report.md). Rule: a run draws with --plot; the embedded "
+                        "default (no --ckpt, --model-def, --model_file2, --x or --y) draws without it too, unless "
+                        "--no-plot")
+    f.add_argument("--vmin", type=float, default=None,
+                   help="lowest contour level and colour (default: chosen from the data)")
+    f.add_argument("--vmax", type=float, default=None,
+                   help="contour levels and colours stop below it (default: chosen from the data); with --tolerance "
+                        f"also where a point may stop early (default there {SAMPLING_VMAX:g})")
+    f.add_argument("--vlevel", type=float, default=None,
+                   help="step between contour levels: with --vmin and --vmax the reference's arange(vmin, vmax, "
+                        "vlevel) (default: about 12 round levels chosen from the data, log-spaced where the values "
+                        "span decades)")
+    f.add_argument("--zlim", type=float, default=None,
+                   help="the 3-D surface leaves out values above it (default: the colour range's top)")
+    f.add_argument("--log", action="store_true",
+                   help="log scale: 2-D figures get log-spaced contour levels, log colours and a log z axis in 3-D; "
+                        "1-D figures get a plot with the loss on a log scale too (_1d_log)")
 
     a = p.add_argument_group("error bars and adaptive sampling (landscape/adaptive.py)")
     a.add_argument("--tolerance", nargs="?", const="auto", default=None, metavar="T",
                    help="adaptive sampling: each point adds samples (one seeded order shared by all points) until "
                         "z*SE <= T, or its loss is above --vmax with confidence, or the set is used up; "
-                        "--tolerance alone: T = vlevel/4. Stores <split>_loss_se, _acc_se, _n beside the values. "
+                        f"--tolerance alone: T = vlevel/4 (vlevel {SAMPLING_VLEVEL:g} when not given). "
+                        "Stores <split>_loss_se, _acc_se, _n beside the values. "
                         "(--n-samples alone: a fixed subset, with the same error bars)")
     a.add_argument("--n0", type=int, default=256, help="samples of a point's first chunk (default 256)")
     a.add_argument("--z", type=float, default=2.0, help="the bound is z standard errors (default 2)")
@@ -230,17 +250,36 @@ def sampling_plan(args: argparse.Namespace) -> SamplingPlan | None:
         return None
     tol = None
     if args.tolerance == "auto":
-        tol = args.vlevel / 4
+        tol = (args.vlevel if args.vlevel is not None else SAMPLING_VLEVEL) / 4
     elif args.tolerance is not None:
         try:
             tol = float(args.tolerance)
         except ValueError:
             raise LandscapeError(f"--tolerance must be a number (or given alone for vlevel/4), "
                                  f"got {args.tolerance!r}") from None
-    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=args.vmax if tol is not None else None,
+    vmax = args.vmax if args.vmax is not None else SAMPLING_VMAX
+    return SamplingPlan(tolerance=tol, n0=args.n0, z=args.z, vmax=vmax if tol is not None else None,
                         z_vmax=args.z_vmax,
                         low_loss=args.low_loss, n_low=args.n_low, seed=args.seed, multilevel=args.multilevel,
                         strata=args.stratify)
+
+
+def draws(args: argparse.Namespace) -> bool:
+    """The rule for figures: --plot draws, --no-plot does not; without either, only the embedded
+    default (no checkpoint, model definition, second checkpoint or grid given) draws."""
+    if args.plot is not None:
+        return args.plot
+    return all(v is None for v in (args.ckpt, args.model_def, args.ckpt2, args.x, args.y))
+
+
+def check_plot_flags(args: argparse.Namespace) -> None:
+    """The figures' flags, checked before any point is computed."""
+    if args.vlevel is not None and not args.vlevel > 0:
+        raise LandscapeError(f"--vlevel must be positive, got {args.vlevel}")
+    if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+        raise LandscapeError(f"--vmin must be below --vmax, got --vmin {args.vmin} and --vmax {args.vmax}")
+    if args.log and any(v is not None and not v > 0 for v in (args.vmin, args.zlim)):
+        raise LandscapeError("--log needs a positive --vmin and --zlim (log scale); pass positive ones or drop --log")
 
 
 def build_job(args: argparse.Namespace) -> SurfaceJob:
@@ -292,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         rank = 0  # run_job reports the bad environment
     try:
         args = parse_args(argv)
+        plot = draws(args)  # before build_job fills in the embedded default's grid
+        if plot:
+            check_plot_flags(args)
         if not args.default_malloc:
             keep_freed_memory()
         job = build_job(args)
@@ -318,15 +360,18 @@ def main(argv: list[str] | None = None) -> int:
         status += f"; shard {job.run.shard.spec()}: {ours}/{int(mine.sum())} of its points"
     print(f"surface:    {result.surf_file}  ({status})")
     print(f"directions: {result.dir_file}")
-    if args.plot or not argv:
-        from landscape.plot.surface import plot_surface_figures
+    if plot:
+        from landscape.plot.surface import save_figures
 
         stem = result.surf_file.with_suffix("")
-        metrics = ["train_loss"] if "train" in job.sources.splits else ["test_loss"]
-        for metric in metrics:
-            paths = plot_surface_figures(surf, stem, metric=metric, vmin=args.vmin, vmax=args.vmax,
-                                         vlevel=args.vlevel, zlim=args.zlim, log=args.log)
-            print("figures:    " + "\n            ".join(str(p) for p in paths))
+        metrics = [f"{s}_loss" for s in job.sources.splits if f"{s}_loss" in surf.metrics]  # every split's loss
+        paths = save_figures(surf, stem.parent, stem.name, metrics or None, vmin=args.vmin, vmax=args.vmax,
+                             vlevel=args.vlevel, zlim=args.zlim, log=args.log)
+        print("figures:    " + "\n            ".join(str(p) for p in paths))
+        from landscape.plot.report import report_path, write_report
+
+        report = write_report(result.surf_file, report_path(result.surf_file), vmax=args.vmax, log=args.log)
+        print(f"report:     {report}")
     return 0
 
 

@@ -269,3 +269,63 @@ def test_points_per_launch_gives_the_one_point_surface_and_resumes(plot_surface,
 def test_points_per_launch_bad_combinations(plot_surface, capsys, tmp_path: Path, flags, expected) -> None:
     line = run_error(plot_surface, capsys, ["--x=-1:1:3", "--out", str(tmp_path), *flags, *SMALL])
     assert expected in line
+
+
+@pytest.mark.parametrize(("argv", "draws"), [
+    ([], True),  # the embedded default
+    (["--out", "elsewhere", "--n-samples", "64"], True),  # still the embedded model and grid
+    (["--no-plot"], False),
+    (["--x=-1:1:3", "--y=-1:1:3"], False),
+    (["--x=-1:1:3", "--y=-1:1:3", "--plot"], True),
+    (["--ckpt", "a.pt"], False),
+    (["--ckpt", "a.pt", "--model_file2", "b.pt", "--plot"], True),
+    (["--model-def", "m.py:make"], False),
+])
+def test_one_rule_for_drawing(plot_surface, argv: list[str], draws: bool) -> None:
+    assert plot_surface.draws(plot_surface.parse_args(argv)) is draws
+
+
+def test_help_states_the_drawing_rule_and_the_plot_flags(plot_surface, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        plot_surface.parse_args(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Rule: a run draws with --plot; the embedded default (no --ckpt, --model-def, --model_file2, --x or --y) "
+            "draws without it too, unless --no-plot") in text
+    assert "--plot, --no-plot" in text
+    assert "lowest contour level and colour (default: chosen from the data)" in text
+    assert "log-spaced contour levels, log colours and a log z axis in 3-D" in text
+
+
+def test_sampling_keeps_its_vmax_and_vlevel_when_the_plots_choose_theirs(plot_surface) -> None:
+    plan = plot_surface.sampling_plan(plot_surface.parse_args(["--tolerance"]))
+    assert plan.tolerance == 0.125 and plan.vmax == 10.0  # vlevel 0.5 / 4, vmax 10: as before
+    plan = plot_surface.sampling_plan(plot_surface.parse_args(["--tolerance", "--vlevel", "0.2", "--vmax", "4"]))
+    assert plan.tolerance == 0.05 and plan.vmax == 4.0
+
+
+def test_plot_draws_every_split_and_only_when_asked(plot_surface, capsys, tmp_path: Path) -> None:
+    """--split train,test: no figure without --plot; with --plot (and --log) both losses' figures."""
+    argv = ["--x=-1:1:3", "--y=-1:1:3", "--split", "train,test", "--out", str(tmp_path), *SMALL]
+    assert plot_surface.main(argv) == 0
+    assert not list(tmp_path.glob("*.png")) and "figures:" not in capsys.readouterr().out
+    assert plot_surface.main([*argv, "--plot", "--log"]) == 0  # nothing to compute: the figures only
+    out = capsys.readouterr().out
+    surf = read_surface(next(p for p in tmp_path.glob("*.h5") if "dirs" not in p.name))
+    assert {"train_loss", "test_loss"} <= set(surf.metrics)
+    stems = {p.stem.split("_y-1_1_3_", 1)[1] for p in tmp_path.glob("*.png")}
+    kinds = ("2dcontour", "2dcontourf", "2dheat", "3dsurface", "2derror")  # --n-samples: error bars too
+    assert stems == {f"{m}_{k}" for m in ("train_loss", "test_loss") for k in kinds}
+    for p in tmp_path.glob("*.p*"):
+        assert str(p) in out
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--vmin", "5", "--vmax", "1"], "--vmin must be below --vmax, got --vmin 5.0 and --vmax 1.0"),
+    (["--vlevel", "0"], "--vlevel must be positive, got 0.0"),
+    (["--log", "--vmin", "0"], "--log needs a positive --vmin and --zlim"),
+])
+def test_plot_flags_are_checked_before_computing(plot_surface, capsys, tmp_path: Path, flags, expected) -> None:
+    line = run_error(plot_surface, capsys, ["--x=-1:1:3", "--plot", *flags, "--out", str(tmp_path), *SMALL])
+    assert expected in line
+    assert not any(tmp_path.iterdir())

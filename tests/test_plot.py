@@ -105,7 +105,7 @@ def test_not_done_points_are_masked() -> None:
     surf.metrics["train_loss"][~done] = np.nan  # as in a file: NaN where not computed
     data = heatmap(surf).get_array()
     np.testing.assert_array_equal(np.ma.getmaskarray(data), ~done)
-    cs = contour(surf, vmax=3.0, vlevel=0.25)
+    cs = contour(surf, vmin=0.1, vmax=3.0, vlevel=0.25)
     assert cs.levels[0] == pytest.approx(0.1)
     z3 = surface3d(surf, zlim=3.0)
     assert z3 is not None
