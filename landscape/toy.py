@@ -20,6 +20,10 @@ Four lessons, each exact:
 * On f(x, y) = x^2/2 + 5 y^2 descent gives x_t = (1 - lr)^t x0, y_t = (1 - 10 lr)^t y0:
   with lr = 0.18 the steep axis zig-zags (factor -0.8) while the shallow one creeps (0.82).
 
+And the optimizers of the real comparison (scripts/compare_optimizers.py) on 2-D problems, animated
+(`TOY_PROBLEMS`, `toy_animation`): `optimize` applies torch's update rules for SGD (+momentum),
+AdaGrad, RMSprop, Adam, RAdam and landscape.optim's CalibratedAdam to a closed-form gradient.
+
 Numerics are NumPy; figures are `matplotlib.figure.Figure` objects (no pyplot state).
 """
 
@@ -33,6 +37,7 @@ from matplotlib.figure import Figure
 from scipy.optimize import brentq
 
 from landscape.errors import LandscapeError
+from landscape.plot.animate import Path2D, PathAnimation
 
 Array = np.ndarray
 
@@ -245,3 +250,144 @@ FIGURES: dict[str, Callable[[], Figure]] = {
     "toy_adagrad": adagrad_figure,
     "toy_gradient_field": field_figure,
 }
+
+
+# ---------------------------------------------------------------------------- optimizers on 2-D problems
+
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "radam", "sadam")  # as scripts/train.py --optimizer
+
+
+def optimize(grad: Callable[[Array], Array], x0: float | Array, optimizer: str, lr: float, steps: int,
+             momentum: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), beta: float = 50.0) -> Array:
+    """Iterates (steps + 1, *shape of x0) of one of scripts/train.py's optimizers on a closed-form gradient.
+
+    The update rules are torch's (SGD with momentum buffer, Adagrad eps 1e-10, RMSprop alpha 0.99
+    eps 1e-8, Adam and RAdam eps 1e-8) and landscape.optim.CalibratedAdam's ("sadam", softplus
+    `beta`), with a constant learning rate and no weight decay.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise LandscapeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if steps < 0 or not lr > 0:
+        raise LandscapeError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    b1, b2 = betas
+    x = np.array(x0, dtype=np.float64)
+    out = np.empty((steps + 1, *x.shape))
+    out[0] = x
+    m, v, buf = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
+    rho_inf = 2 / (1 - b2) - 1
+    for t in range(1, steps + 1):
+        g = grad(x)
+        if optimizer == "sgd":
+            buf = momentum * buf + g if momentum else g
+            x = x - lr * buf
+        elif optimizer == "adagrad":
+            v = v + g * g
+            x = x - lr * g / (np.sqrt(v) + 1e-10)
+        elif optimizer == "rmsprop":
+            v = 0.99 * v + 0.01 * g * g
+            step = g / (np.sqrt(v) + 1e-8)
+            buf = momentum * buf + step if momentum else step
+            x = x - lr * buf
+        else:
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            if optimizer == "adam":
+                x = x - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + 1e-8)
+            elif optimizer == "radam":
+                rho = rho_inf - 2 * t * b2 ** t / bc2  # length of the approximated SMA
+                if rho > 5:
+                    rect = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                    x = x - (m / bc1) * lr * (np.sqrt(bc2) / (np.sqrt(v) + 1e-8)) * rect
+                else:  # the first steps: momentum SGD, no adaptive denominator
+                    x = x - (m / bc1) * lr
+            else:  # sadam: Adam with softplus_beta(sqrt(v_hat)) as the denominator
+                x = x - lr * (m / bc1) / (np.logaddexp(beta * np.sqrt(v / bc2), 0.0) / beta)
+        out[t] = x
+    return out
+
+
+@dataclass(frozen=True)
+class ToyRun:
+    """One optimizer on a toy problem: its label, `optimize` name, learning rate and momentum."""
+
+    label: str
+    optimizer: str
+    lr: float
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class Problem2D:
+    """A 2-D function with its gradient, a start, the optimizers to run on it, and how to draw it."""
+
+    name: str
+    formula: str
+    f: Callable[[Array, Array], Array]
+    grad: Callable[[Array], Array]  # points (..., 2) -> gradients (..., 2)
+    start: tuple[float, float]
+    steps: int
+    runs: tuple[ToyRun, ...]
+    xlim: tuple[float, float]
+    ylim: tuple[float, float]
+    levels: tuple[float, ...]
+    minima: tuple[tuple[float, float], ...]
+
+    def paths(self) -> list[Path2D]:
+        """Each run's iterates with f at every one of them (exact: the plane is the function's own)."""
+        out = []
+        for r in self.runs:
+            xs = optimize(self.grad, np.array(self.start), r.optimizer, r.lr, self.steps, r.momentum)  # (steps + 1, 2)
+            label = f"{r.label}, lr {r.lr:g}" + (f", momentum {r.momentum:g}" if r.momentum else "")
+            out.append(Path2D(xs, label, losses=self.f(xs[:, 0], xs[:, 1]), name=r.label))
+        return out
+
+
+def rosenbrock(x: Array, y: Array) -> Array:
+    """(1 - x)^2 + 100 (y - x^2)^2: a curved, flat-bottomed valley; minimum 0 at (1, 1)."""
+    return (1 - x) ** 2 + 100 * (y - x ** 2) ** 2
+
+
+def rosenbrock_grad(p: Array) -> Array:
+    x, y = p[..., 0], p[..., 1]
+    return np.stack([-2 * (1 - x) - 400 * x * (y - x ** 2), 200 * (y - x ** 2)], axis=-1)
+
+
+def double_well(x: Array, y: Array) -> Array:
+    """x^2/2 + (y^2 - 1)^2/4: minima 0 at (0, +-1), a saddle (f = 1/4) at the origin."""
+    return 0.5 * x ** 2 + 0.25 * (y ** 2 - 1) ** 2
+
+
+def double_well_grad(p: Array) -> Array:
+    x, y = p[..., 0], p[..., 1]
+    return np.stack([x, y ** 3 - y], axis=-1)
+
+
+def _runs(sgd: float, momentum: float, adagrad: float, adam: float, radam: float) -> tuple[ToyRun, ...]:
+    """The seed article's optimizers and SGD+momentum; Adam and CalibratedAdam share a learning rate."""
+    return (ToyRun("SGD", "sgd", sgd), ToyRun("SGD+momentum", "sgd", momentum, 0.9),
+            ToyRun("AdaGrad", "adagrad", adagrad), ToyRun("Adam", "adam", adam), ToyRun("RAdam", "radam", radam),
+            ToyRun("CalibratedAdam", "sadam", adam))
+
+
+TOY_PROBLEMS: dict[str, Problem2D] = {
+    "valley": Problem2D("valley", "f(x, y) = x²/2 + 5y²", valley, valley_grad, (-4.0, 1.8), 60,
+                        _runs(0.18, 0.03, 1.0, 0.3, 0.1), (-5.0, 2.0), (-2.0, 2.0),
+                        (0.05, 0.25, 1, 2.5, 5, 10, 20, 40), ((0.0, 0.0),)),
+    "rosenbrock": Problem2D("rosenbrock", "f(x, y) = (1 - x)² + 100 (y - x²)²", rosenbrock, rosenbrock_grad,
+                            (-1.2, 1.0), 1000, _runs(1e-3, 2e-4, 0.5, 0.05, 0.005), (-1.5, 1.5), (-0.5, 1.75),
+                            tuple(np.geomspace(0.05, 2000, 14).round(3)), ((1.0, 1.0),)),
+    "saddle": Problem2D("saddle", "f(x, y) = x²/2 + (y² - 1)²/4", double_well, double_well_grad, (-2.5, 0.001), 120,
+                        _runs(0.1, 0.02, 0.3, 0.1, 0.1), (-3.0, 1.0), (-1.6, 1.6),
+                        tuple(np.geomspace(0.01, 4, 12).round(4)), ((0.0, -1.0), (0.0, 1.0))),
+}
+
+
+def toy_animation(problem: Problem2D, frames: int | None = None) -> PathAnimation:
+    """The problem's optimizers moving together over its contours, f at each current point in the title."""
+    gx, gy = np.meshgrid(np.linspace(*problem.xlim, 241), np.linspace(*problem.ylim, 241))  # (241, 241)
+    aspect = (problem.ylim[1] - problem.ylim[0]) / (problem.xlim[1] - problem.xlim[0])
+    return PathAnimation(problem.paths(), gx[0], gy[:, 0], problem.f(gx, gy), frames=frames,
+                         title=f"{problem.formula}, from {problem.start}", loss_name="f at the current point",
+                         levels=problem.levels, surface_label="f(x, y)", marks=problem.minima, equal_aspect=True,
+                         figsize=(7.2, 1.7 + 5.0 * aspect))

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,6 +38,8 @@ from landscape.sources.checkpoint import _unwrap, load_checkpoint, save_checkpoi
 from landscape.directions import IGNORES, Directions, target_tensors
 from landscape.errors import LandscapeError
 from landscape.grid import Axis
+from landscape.plot.animate import (PATH_COLORS, Path2D, PathAnimation, draw_loss_contours,  # noqa: F401 (re-exported)
+                                    interpolate_surface, loss_levels)
 from landscape.train import TrainConfig, train
 
 CHUNK_ELEMENTS = 1 << 24  # at most this many float64 values in one (n_snapshots, chunk) block (128 MiB)
@@ -288,36 +290,9 @@ def covering_axes(coords: np.ndarray, num: int = 21, margin: float = 0.2) -> tup
 
 # ---------------------------------------------------------------------------- figures
 
-PATH_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
-               "tab:olive", "tab:cyan", "black")
-
-
 def axis_label(k: int, ratio: float) -> str:
     """'PC1: 93.4 %'."""
     return f"PC{k + 1}: {100.0 * ratio:.1f} %"
-
-
-@dataclass
-class Path2D:
-    """One optimizer path in the plane: coordinates (n, 2), epochs, and its legend label."""
-
-    coords: np.ndarray
-    label: str
-    epochs: np.ndarray | None = None
-    color: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def loss_levels(z: np.ndarray, n: int = 20, vmax: float | None = None) -> np.ndarray:
-    """Log-spaced contour levels from the lowest finite value to `vmax` (default: the highest)."""
-    finite = z[np.isfinite(z)]
-    if finite.size == 0:
-        raise LandscapeError("the surface has no finite value to draw")
-    lo = max(float(finite.min()), 1e-6)
-    hi = float(finite.max()) if vmax is None else vmax
-    if not hi > lo:
-        hi = lo * 10
-    return np.geomspace(lo * 1.05, hi, n)
 
 
 def draw_paths(ax: Axes, paths: Sequence[Path2D], annotate_epochs: bool = True) -> None:
@@ -347,11 +322,7 @@ def trajectory_figure(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, paths:
     fig = Figure(figsize=(7.2, 6.0), layout="constrained")
     ax = fig.add_subplot()
     if z is not None:
-        zz = np.ma.masked_invalid(np.ma.filled(np.ma.asarray(z, dtype=np.float64), np.nan))  # (ny, nx)
-        levels = loss_levels(zz.compressed(), n_levels, vmax)
-        cs = ax.contour(x, y, zz, levels=levels, cmap="viridis", linewidths=0.8, norm="log")
-        ax.clabel(cs, cs.levels[::3], fontsize=7, fmt="%.3g")
-        fig.colorbar(cs, ax=ax, label="train loss", shrink=0.85, ticks=levels[::3], format="%.3g")
+        draw_loss_contours(ax, x, y, z, vmax=vmax, n_levels=n_levels)
     draw_paths(ax, paths)
     ax.plot([0], [0], "+", color="k", ms=10, zorder=5)
     ax.set_xlabel(axis_label(0, ratios[0]))
@@ -363,6 +334,24 @@ def trajectory_figure(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, paths:
     else:
         ax.legend(fontsize=8, loc="best")
     return fig
+
+
+SURFACE_LOSS = "train loss of the surface at the projected point (bilinear)"
+
+
+def trajectory_animation(x: np.ndarray | None, y: np.ndarray | None, z: np.ndarray | None, paths: Sequence[Path2D],
+                         ratios: Sequence[float], title: str = "", frames: int | None = None,
+                         vmax: float | None = None) -> PathAnimation:
+    """The paths moving together over the loss contours of their PCA plane, one snapshot per frame.
+
+    Each path's loss in the title is the surface z (ny, nx) interpolated at its projected point (the
+    loss on the plane, where the path is drawn; NaN off the grid); without a surface, no loss.
+    """
+    if z is not None:
+        paths = [replace(p, losses=interpolate_surface(x, y, z, p.coords)) for p in paths]
+    return PathAnimation(paths, x, y, z, frames=frames, title=title, loss_name=SURFACE_LOSS if z is not None else None,
+                         step_name="epoch", xlabel=axis_label(0, ratios[0]), ylabel=axis_label(1, ratios[1]),
+                         vmax=vmax, marks=[(0.0, 0.0)])
 
 
 # ---------------------------------------------------------------------------- optimizers compared on one plane

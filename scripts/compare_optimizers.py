@@ -3,6 +3,8 @@
 with SGD, SGD+momentum, AdaGrad, RMSprop, Adam, RAdam and CalibratedAdam (snapshots every epoch);
 one PCA plane for all the paths (relative to the best end point), the loss surface of that plane with
 every path on it, and a table (final loss and accuracy, path length, variance the plane captures).
+With --animate, also the paths moving together epoch by epoch over that surface (GIF, and MP4
+where ffmpeg exists).
 
 With no arguments: a ResNet-20 on the embedded digits, 8 epochs per optimizer, a 17x17 surface
 over 512 training images. Rerunning reuses the trained runs and the computed surface points.
@@ -28,16 +30,18 @@ from landscape.sources.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset
 from landscape.directions import save_directions  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
+from landscape.plot.animate import check_animation_options, write_animation  # noqa: E402
 from landscape.plot.surface import save_figure  # noqa: E402
 from landscape.sources import SourceSpec  # noqa: E402
 from landscape.surface import DirectionRequest, SurfaceJob, resolve_device, run_job  # noqa: E402
 from landscape.train import TrainConfig  # noqa: E402
 from landscape.trajectory import (DEFAULT_RUNS, Path2D, covering_axes, run_statistics, train_runs,  # noqa: E402
-                                  trajectory_figure, trajectory_pca, write_projection)
+                                  trajectory_animation, trajectory_figure, trajectory_pca, write_projection)
 
 EXAMPLE = """examples:
   python scripts/compare_optimizers.py                       # the embedded default
-  python scripts/compare_optimizers.py --optimizers SGD Adam CalibratedAdam --epochs 12 --num 31"""
+  python scripts/compare_optimizers.py --optimizers SGD Adam CalibratedAdam --epochs 12 --num 31
+  python scripts/compare_optimizers.py --animate --fps 2       # + compare_optimizers_paths.gif (.mp4)"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--retrain", action="store_true", help="train every optimizer again even if its run exists")
     p.add_argument("--out", default="results/compare_optimizers")
+    p.add_argument("--animate", action="store_true",
+                   help="also write <out>/compare_optimizers_paths.gif (and .mp4 where ffmpeg exists): the optimizers "
+                        "moving together epoch by epoch over the surface, each one's loss on the plane (the surface "
+                        "interpolated at its projected point) in the title")
+    p.add_argument("--fps", type=float, default=2.0, help="with --animate: frames per second (default: 2)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="with --animate: at most N frames, epochs subsampled evenly (default: one frame per epoch)")
     return p.parse_args(argv)
 
 
@@ -92,6 +103,8 @@ def main(argv=None) -> dict:
     runs = select_runs(args.optimizers)
     if args.threads is not None and args.threads < 1:
         raise LandscapeError(f"--threads must be >= 1, got {args.threads}")
+    if args.animate:
+        check_animation_options(args.fps, args.frames)
     note = set_threads(args.threads, resolve_device(args.device))
     if note is not None:
         print(f"note: {note}")
@@ -150,6 +163,14 @@ def main(argv=None) -> dict:
                             title=f"{arch} on {args.dataset}: {len(results)} optimizers, {args.epochs} epochs, "
                                   f"one PCA plane")
     figs = save_figure(fig, out / "compare_optimizers")
+    anim = None
+    if args.animate:
+        moving = [Path2D(p.coords, f"{r.run.label}, lr {r.run.lr:g}: final train loss {r.metrics['train_loss']:.3g}",
+                         p.epochs, name=r.run.label) for r, p in zip(results, paths)]
+        anim = write_animation(trajectory_animation(surf.x, surf.y, surf.masked("train_loss"), moving, ratio,
+                                                    title=f"{arch} on {args.dataset}: {len(results)} optimizers on "
+                                                          "one PCA plane", frames=args.frames),
+                               out / "compare_optimizers_paths", args.fps)
     table = markdown_table(rows, ratio)
     (out / "compare_optimizers.md").write_text(table)
     (out / "compare_optimizers.json").write_text(json.dumps({"explained_variance_ratio": ratio.tolist(),
@@ -157,8 +178,11 @@ def main(argv=None) -> dict:
     print(table)
     print(f"surface:    {res.surf_file}  ({int(surf.done.sum())}/{surf.done.size} points)")
     print(f"figure:     {figs[0]} (and .pdf)\ntable:      {out / 'compare_optimizers.md'}")
+    if anim is not None:
+        print(f"animation:  {anim.gif}" + (f" and {anim.mp4}" if anim.mp4 else f"  (note: {anim.note})"))
     print(f"time: training {t_train:.0f} s, surface {t_surface:.0f} s, total {time.time() - t0:.0f} s")
-    return {"rows": rows, "ratio": ratio, "figure": figs[0], "surf_file": res.surf_file, "dir_file": dir_file}
+    return {"rows": rows, "ratio": ratio, "figure": figs[0], "surf_file": res.surf_file, "dir_file": dir_file,
+            "animation": anim}
 
 
 if __name__ == "__main__":

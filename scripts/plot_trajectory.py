@@ -3,7 +3,8 @@
 relative to the final weights, the path projected onto them, and the loss contours of that plane.
 
 Writes the direction file (reference layout, explained variance in its attributes), the projected
-path (<dir_file>_proj.h5 with proj_xcoord, proj_ycoord), the surface file and the figure.
+path (<dir_file>_proj.h5 with proj_xcoord, proj_ycoord), the surface file and the figure; with
+--animate, also the path drawn snapshot by snapshot (GIF, and MP4 where ffmpeg exists).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from landscape.sources.data import DATASETS  # noqa: E402
 from landscape.directions import DIR_TYPES, IGNORES, save_directions  # noqa: E402
 from landscape.errors import exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
+from landscape.plot.animate import check_animation_options, write_animation  # noqa: E402
 from landscape.plot.surface import save_figure  # noqa: E402
 from landscape.config import RunOptions  # noqa: E402
 from landscape.directions import DirectionSpec  # noqa: E402
@@ -27,13 +29,13 @@ from landscape.engine import EngineOptions  # noqa: E402
 from landscape.sources import SourceSpec  # noqa: E402
 from landscape.surface import DirectionRequest, SurfaceJob, run_job  # noqa: E402
 from landscape.trajectory import (Path2D, covering_axes, project_trajectory, snapshot_paths,  # noqa: E402
-                                  trajectory_figure, trajectory_pca, write_projection)
+                                  trajectory_animation, trajectory_figure, trajectory_pca, write_projection)
 
 EXAMPLE = """example:
   python scripts/train.py --model resnet20 --dataset digits --epochs 20 --lr 0.02 --save-every 1 \\
       --out results/traj_r20 --name final
   python scripts/plot_trajectory.py --model_folder results/traj_r20 --prefix model_ --suffix .pt \\
-      --start_epoch 0 --max_epoch 19 --save_epoch 1 --final results/traj_r20/final.pt"""
+      --start_epoch 0 --max_epoch 19 --save_epoch 1 --final results/traj_r20/final.pt --animate"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dir_type", default="weights", choices=DIR_TYPES)
     p.add_argument("--ignore", default="biasbn", choices=IGNORES)
     p.add_argument("--no-center", action="store_true", help="PCA of the uncentered differences (the paper's M)")
-    p.add_argument("--dir_file", default=None, help="where to write the PCA directions (default: <out>/<final>_pca_dirs.h5)")
+    p.add_argument("--dir_file", default=None, help="where to write the PCA directions (default: <out>/<final>_pca_<dir_type>_dirs.h5)")
     p.add_argument("--x", default=None, help="surface axis min:max:num (default: the path's extent plus --margin)")
     p.add_argument("--y", default=None)
     p.add_argument("--num", type=int, default=21, help="points per axis of the automatic range")
@@ -63,6 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vmax", type=float, default=None, help="highest contour level (default: the surface's maximum)")
     p.add_argument("--out", default="results/trajectory")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--animate", action="store_true",
+                   help="also write <out>/<final>_paths.gif (and .mp4 where ffmpeg exists): the path drawn snapshot "
+                        "by snapshot over the contours, its loss on the plane (the surface interpolated at the "
+                        "projected point; none with --no-surface) in the title")
+    p.add_argument("--fps", type=float, default=4.0, help="with --animate: frames per second (default: 4)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="with --animate: at most N frames, snapshots subsampled evenly (default: one per snapshot)")
     return p.parse_args(argv)
 
 
@@ -70,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()
+    if args.animate:
+        check_animation_options(args.fps, args.frames)
     snaps = snapshot_paths(args.model_folder, args.prefix, args.suffix, args.start_epoch, args.max_epoch,
                            args.save_epoch)
     final = Path(args.final) if args.final else snaps[-1][1]
@@ -112,13 +123,18 @@ def main(argv=None) -> dict:
         print(f"surface:    {res.surf_file}  ({int(surf.done.sum())}/{surf.done.size} points done)")
         result["surf_file"] = res.surf_file
     label = f"{arch}, epochs {epochs[0]}-{epochs[-1]}"
-    fig = trajectory_figure(surf.x if surf else None, surf.y if surf else None,
-                            surf.masked("train_loss") if surf else None,
-                            [Path2D(coords, label, epochs=epochs)], ratio,
-                            title=f"{arch}: trajectory on its PCA plane", vmax=args.vmax)
+    sx, sy, sz = (surf.x, surf.y, surf.masked("train_loss")) if surf else (None, None, None)
+    path = Path2D(coords, label, epochs=epochs, name=arch)
+    fig = trajectory_figure(sx, sy, sz, [path], ratio, title=f"{arch}: trajectory on its PCA plane", vmax=args.vmax)
     figs = save_figure(fig, out / f"{final.stem}_trajectory")
-    print(f"figure:     {figs[0]} (and .pdf)  [{time.time() - t0:.0f} s]")
+    print(f"figure:     {figs[0]} (and .pdf)")
     result["figure"] = figs[0]
+    if args.animate:
+        anim = write_animation(trajectory_animation(sx, sy, sz, [path], ratio, f"{arch}: trajectory on its PCA plane",
+                                                    args.frames, args.vmax), out / f"{final.stem}_paths", args.fps)
+        print(f"animation:  {anim.gif}" + (f" and {anim.mp4}" if anim.mp4 else f"  (note: {anim.note})"))
+        result["animation"] = anim
+    print(f"[{time.time() - t0:.0f} s]")
     return result
 
 
