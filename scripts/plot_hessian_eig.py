@@ -32,7 +32,7 @@ EXAMPLE = """examples:
   python scripts/plot_hessian_eig.py --ckpt checkpoints/digits_resnet56.pt --hessian-samples 256 \\
       --xdir hessian --ydir hessian_min --x=-0.2:0.2:9 --y=-0.2:0.2:9   # the plane of the top and bottom eigenvectors
   python scripts/plot_surface.py --ckpt checkpoints/digits_resnet56.pt --x=-0.2:0.2:21 --y=-0.2:0.2:21 \\
-      --dir_file results/digits_resnet56_dirs_hessian_hessian_min_n256_seed0.h5 --plot   # the loss on that plane
+      --dir_file results/digits_resnet56_hessian_x-0.2_0.2_9_y-0.2_0.2_9_dirs.h5 --plot   # the loss on that plane
   python scripts/plot_hessian_eig.py --compare results/a_hessian_x-1_1_11_y-1_1_11.h5 results/b_hessian_....h5 \\
       --titles A B --out docs --name ratio   # docs/ratio.png/.pdf: side-by-side ratio maps from stored files
 """

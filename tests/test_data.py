@@ -409,7 +409,7 @@ def test_real_jpeg_test_archive(cache: Path) -> None:
         jpeg = d.x[[c * 1000 + r for c, r in zip(ref.y.tolist(), ranks)]]
         mse = ((jpeg - ref.x) ** 2).flatten(1).mean(1)  # (100,)
         psnr = 10 * torch.log10(1 / mse)
-        assert 28 < float(psnr.mean()) < 33 and float(psnr.min()) > 20  # README: 30.4 dB mean, 24.5 min
+        assert 28 < float(psnr.mean()) < 33 and float(psnr.min()) > 20  # ../shared/data/cifar10/README.md: 30.4 dB mean, 24.5 min
 
 
 # ------------------------------------------------------------------------------- MNIST
