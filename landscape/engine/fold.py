@@ -30,12 +30,15 @@ same rules (exact module types, no hooks, shapes from a sample batch).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
+import logging
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -161,12 +164,26 @@ def _capture_fx(model: nn.Module, example: Any) -> Capture:
     return Capture("torch.fx", calls)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No warnings, log records or stderr output from torch while a capture is tried: a model that
+    cannot be captured is expected (it is evaluated unfolded, and the reason is in the report), and
+    torch.export prints its partial graph and logs errors when it fails."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def _capture_export(model: nn.Module, example: Any) -> Capture:
     """The calls of `model` from `torch.export` (non-strict): each aten op is attributed to the
     innermost module that ran it; shapes are the exported graph's own."""
     args, kwargs = call_args(model, example)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet():
         ep = torch.export.export(model, args, kwargs, strict=False)
     sig = ep.graph_signature
     fqn = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}  # placeholder name -> tensor name
@@ -214,7 +231,8 @@ def capture_calls(model: nn.Module, example: Any) -> tuple[Capture | None, str]:
     """The calls of layers and BatchNorms in `model` (eval mode) for inputs like `example`: from
     torch.fx when it can trace the model, else from torch.export. (None, why) when neither can."""
     try:
-        return _capture_fx(model, example), ""
+        with _quiet():
+            return _capture_fx(model, example), ""
     except Exception as e:  # noqa: BLE001 - fx raises many types for dynamic control flow
         fx_error = f"torch.fx: {type(e).__name__}"
     try:
