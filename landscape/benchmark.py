@@ -102,7 +102,7 @@ def make_case(name: str, device: torch.device, n: int | None):
         x = torch.randn(n or 512, 3, 32, 32, generator=g)
         y = torch.randint(0, 10, (len(x),), generator=g)
     else:
-        raise LandscapeError(f"--case must be one of {', '.join(CASES)}, got {name!r}")
+        raise LandscapeError(f"case must be one of {', '.join(CASES)}, got {name!r}", "case")
     return model.eval().to(device), x.to(device), y.to(device)
 
 

@@ -249,17 +249,17 @@ class Shard:
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
             last = self.count - 1
-            raise LandscapeError(f"--shard {self.index}/{self.count}: the index must be 0 to {last} (shards are "
-                                 f"numbered from 0, like $SLURM_ARRAY_TASK_ID with --array=0-{last})")
+            raise LandscapeError(f"shard {self.index}/{self.count}: the index must be 0 to {last} (shards are "
+                                 f"numbered from 0, like $SLURM_ARRAY_TASK_ID with --array=0-{last})", "shard")
 
     @classmethod
     def parse(cls, spec: str) -> Shard:
         """'i/N' -> Shard(i, N), e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT."""
         m = _SHARD.match(str(spec))
         if m is None:
-            raise LandscapeError(f"--shard must be INDEX/COUNT like 0/4 (shard 0 of 4), got {spec!r}")
+            raise LandscapeError(f"shard must be INDEX/COUNT like 0/4 (shard 0 of 4), got {spec!r}", "shard")
         if int(m.group(2)) == 0:
-            raise LandscapeError(f"--shard {spec}: the count must be at least 1 (INDEX/COUNT like 0/4)")
+            raise LandscapeError(f"shard {spec}: the count must be at least 1 (INDEX/COUNT like 0/4)", "shard")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def spec(self) -> str:

@@ -28,6 +28,7 @@ FLAGS: dict[str, str] = {
     "splits": "--split", "data": "--data-def", "model": "--model-def", "dir_tol": "--direction-tol", "out": "--surf_file",
     "out_dir": "--out",
     "dir_max_iter": "--direction-max-iter", "xdir": "--xdir", "ydir": "--ydir",
+    "bn_data": "--bn-recompute",
 }
 
 
@@ -48,16 +49,20 @@ def as_flags(e: LandscapeError, flags: Mapping[str, str] | None = None) -> str:
     return text
 
 
-def exit_on_error(main: Callable[..., object]) -> Callable[..., object]:
+def exit_on_error(main: Callable[..., object] | None = None, *, flags: Mapping[str, str] | None = None):
     """Wrap a script's main: a LandscapeError becomes `error: ...` on stderr (library argument names
-    given as flags) and exit 2."""
+    given as flags: `flags`, then FLAGS) and exit 2. `@exit_on_error` or
+    `@exit_on_error(flags={"folder": "--model_folder"})` for a script whose flags have other names."""
 
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except LandscapeError as e:
-            print(f"error: {as_flags(e)}", file=sys.stderr)
-            raise SystemExit(2) from None
+    def wrap(main: Callable[..., object]) -> Callable[..., object]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except LandscapeError as e:
+                print(f"error: {as_flags(e, flags)}", file=sys.stderr)
+                raise SystemExit(2) from None
 
-    return wrapper
+        return wrapper
+
+    return wrap if main is None else wrap(main)

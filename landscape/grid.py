@@ -30,21 +30,19 @@ class Axis:
         """Parse "min:max:num", e.g. "-1:1:51" (the reference code's syntax)."""
         parts = str(spec).split(":")
         if len(parts) != 3:
-            raise LandscapeError(
-                f"--{name} must be min:max:num like -1:1:51, got {spec!r}"
-            )
+            raise LandscapeError(f"{name} must be min:max:num like -1:1:51, got {spec!r}", name)
         try:
             lo, hi = float(parts[0]), float(parts[1])
         except ValueError:
-            raise LandscapeError(f"--{name} bounds must be numbers (min:max:num like -1:1:51), got {spec!r}") from None
+            raise LandscapeError(f"{name} bounds must be numbers (min:max:num like -1:1:51), got {spec!r}", name) from None
         try:
             num = int(parts[2])
         except ValueError:
-            raise LandscapeError(f"--{name} point count must be an integer (min:max:num like -1:1:51), got {spec!r}") from None
+            raise LandscapeError(f"{name} point count must be an integer (min:max:num like -1:1:51), got {spec!r}", name) from None
         try:
             return cls(lo, hi, num)
         except LandscapeError as e:
-            raise LandscapeError(f"--{name}={spec}: {e}") from None
+            raise LandscapeError(f"{name} {spec!r}: {e}", name) from None
 
     def coords(self) -> np.ndarray:
         """The coordinates, float64, shape (num,)."""

@@ -65,5 +65,5 @@ LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": softmax_mse}
 
 def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
-        raise LandscapeError(f"--loss_name must be one of {', '.join(LOSSES)}, got {name!r}")
+        raise LandscapeError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}", "loss")
     return LOSSES[name]

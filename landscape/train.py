@@ -39,7 +39,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise LandscapeError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise LandscapeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}", "optimizer")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise LandscapeError("--epochs and --batch-size must be >= 1 and --lr > 0")
 

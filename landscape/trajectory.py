@@ -56,23 +56,24 @@ def snapshot_paths(folder: str | os.PathLike, prefix: str = "model_", suffix: st
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise LandscapeError(f"--model_folder {str(folder)!r} is not a folder; point it at the snapshots of "
-                             "scripts/train.py --save-every K")
+        raise LandscapeError(f"folder {str(folder)!r} is not a folder; point it at the snapshots of "
+                             "scripts/train.py --save-every K", "folder")
     if save_epoch < 1:
-        raise LandscapeError(f"--save_epoch must be >= 1, got {save_epoch}")
+        raise LandscapeError(f"save_epoch must be >= 1, got {save_epoch}", "save_epoch")
     if max_epoch is None:
         pattern = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(suffix)}$")
         epochs = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
         if not epochs:
-            raise LandscapeError(f"no {prefix}<epoch>{suffix} file in {folder}; check --prefix and --suffix")
+            raise LandscapeError(f"no {prefix}<epoch>{suffix} file in {folder}; check prefix and suffix", ("prefix", "suffix"))
         max_epoch = max(epochs)
     if max_epoch < start_epoch:
-        raise LandscapeError(f"--max_epoch ({max_epoch}) is below --start_epoch ({start_epoch})")
+        raise LandscapeError(f"max_epoch ({max_epoch}) is below start_epoch ({start_epoch})", ("max_epoch", "start_epoch"))
     out = [(e, folder / f"{prefix}{e}{suffix}") for e in range(start_epoch, max_epoch + 1, save_epoch)]
     missing = [str(p) for _, p in out if not p.is_file()]
     if missing:
-        raise LandscapeError(f"{len(missing)} snapshot(s) missing, first {missing[0]}; check --start_epoch, "
-                             "--max_epoch and --save_epoch against the files in the folder")
+        raise LandscapeError(f"{len(missing)} snapshot(s) missing, first {missing[0]}; check start_epoch, "
+                             "max_epoch and save_epoch against the files in the folder",
+                             ("start_epoch", "max_epoch", "save_epoch"))
     return out
 
 
@@ -279,7 +280,7 @@ def covering_axes(coords: np.ndarray, num: int = 21, margin: float = 0.2) -> tup
     if num < 2:
         raise LandscapeError(f"a trajectory surface needs at least 2 points per axis, got {num}")
     if not margin >= 0:
-        raise LandscapeError(f"--margin must be >= 0, got {margin}")
+        raise LandscapeError(f"margin must be >= 0, got {margin}", "margin")
     axes = []
     for c in (coords[:, 0], coords[:, 1]):
         lo, hi = min(float(c.min()), 0.0), max(float(c.max()), 0.0)
@@ -413,7 +414,7 @@ def train_runs(runs: Sequence[OptimizerRun], init: torch.nn.Module, meta: Mappin
     `out/<slug>/final.pt`. A run whose final.pt records the same settings is reused unless `retrain`.
     """
     if not runs:
-        raise LandscapeError("no optimizer to compare; pass at least one to --optimizers")
+        raise LandscapeError("no optimizer to compare; give at least one in runs", "runs")
     labels = [r.label for r in runs]
     if len(set(labels)) != len(labels) or len({r.slug() for r in runs}) != len(runs):
         raise LandscapeError(f"optimizer labels must be distinct, got {labels}")

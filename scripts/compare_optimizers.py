@@ -96,7 +96,7 @@ def markdown_table(rows: list[dict], ratio: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-@exit_on_error
+@exit_on_error(flags={"runs": "--optimizers"})
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()

@@ -228,7 +228,7 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-@exit_on_error
+@exit_on_error(flags={"method": "--hvp", "scale": "--hessian-scale", "axes": "--xdir/--ydir"})
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv if argv else EMBEDDED)

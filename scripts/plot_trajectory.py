@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@exit_on_error
+@exit_on_error(flags={"folder": "--model_folder", "start_epoch": "--start_epoch", "max_epoch": "--max_epoch",
+                      "save_epoch": "--save_epoch"})
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t0 = time.time()

@@ -99,7 +99,7 @@ class Case:
 CASES = [
     # checkpoints
     Case("ckpt-missing", lambda w: w.base("--ckpt", str(w.root / "nope.pt")),
-         ("nope.pt' does not exist", "check the --ckpt/--model_file path")),
+         ("nope.pt' does not exist", "does not exist; check the path")),
     Case("ckpt-not-a-checkpoint", lambda w: w.base("--ckpt", str(w.text_pt)),
          ("cannot read checkpoint", "text.pt", "check the --ckpt path or copy the file again")),
     Case("ckpt-truncated", lambda w: w.base("--ckpt", str(w.truncated_pt)),
@@ -119,7 +119,7 @@ CASES = [
     # the grid
     Case("x-missing-part", lambda w: w.base("--x=-1:1"), ("--x must be min:max:num like -1:1:51, got '-1:1'",)),
     Case("x-not-a-number", lambda w: w.base("--x=a:1:5"), ("--x bounds must be numbers (min:max:num like -1:1:51)",)),
-    Case("x-num-zero", lambda w: w.base("--x=-1:1:0"), ("--x=-1:1:0: an axis needs at least 1 point, got num=0",)),
+    Case("x-num-zero", lambda w: w.base("--x=-1:1:0"), ("--x '-1:1:0': an axis needs at least 1 point, got num=0",)),
     Case("x-min-above-max", lambda w: w.base("--x=1:-1:5"), ("axis max must be >= min, got 1:-1; swap them",)),
     Case("x-extra-colon", lambda w: w.base("--x=-1:1:5:7"), ("--x must be min:max:num like -1:1:51, got '-1:1:5:7'",)),
     Case("x-negative-without-equals", lambda w: [*w.base(), "--x", "-1:1:5"],
@@ -136,7 +136,7 @@ CASES = [
     Case("data-negative-label", lambda w: w.base("--dataset", "npz", "--data-root", str(w.negative_npz)),
          ("npz train has label -1", "fix the data file")),
     Case("data-empty-file", lambda w: w.base("--dataset", "npz", "--data-root", str(w.empty_npz)),
-         ("the evaluation set is empty", "check --n-samples and the data set")),
+         ("the evaluation set is empty", "check --n-samples and the data")),
     Case("data-empty-subset", lambda w: w.base("--n-samples", "0"), ("--n-samples must be >= 1, got 0",)),
     Case("data-unknown-split", lambda w: w.base("--split", "val"), ("--split must be train, test or train,test",)),
     # directions
@@ -255,3 +255,61 @@ def test_a_bad_flag_in_a_shell_is_one_line(tmp_path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == ("error: --x -1:1:5: a value starting with '-' is taken for a flag; write --x=-1:1:5\n")
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- the library's words
+# The library names its own arguments; only a script's exit_on_error turns them into flags.
+
+
+def _library_cases():
+    from landscape.benchmark import make_case
+    from landscape.distributed import Shard
+    from landscape.hessian.operator import HessianOperator
+    from landscape.losses import get_loss
+    from landscape.sources.data import load_dataset
+    from landscape.train import TrainConfig
+    from landscape.trajectory import covering_axes, snapshot_paths
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    return [  # (call, the library's message starts with, its arguments, the script's flags, the script's message starts with)
+        (lambda: HessianOperator(model, x, y, method="fast"), "method must be one of", "method", {"method": "--hvp"},
+         "--hvp must be one of"),
+        (lambda: HessianOperator(model, x, y, batch_size=0), "batch_size must be >= 1", "batch_size", None,
+         "--batch-size must be >= 1"),
+        (lambda: HessianOperator(model, x, y[:5]), "x has 6 samples but y has 5", None, None, "x has 6 samples"),
+        (lambda: snapshot_paths("/nonexistent/snaps"), "folder '/nonexistent/snaps' is not a folder", "folder",
+         {"folder": "--model_folder"}, "--model_folder '/nonexistent/snaps' is not a folder"),
+        (lambda: covering_axes(np.zeros((3, 2)) + [[0, 1], [1, 0], [1, 1]], margin=-1), "margin must be >= 0",
+         "margin", None, "--margin must be >= 0"),
+        (lambda: Shard(3, 3), "shard 3/3: the index must be 0 to 2", "shard", None, "--shard 3/3: the index"),
+        (lambda: Shard.parse("a/b"), "shard must be INDEX/COUNT", "shard", None, "--shard must be INDEX/COUNT"),
+        (lambda: get_loss("hinge"), "loss must be one of", "loss", None, "--loss_name must be one of"),
+        (lambda: load_dataset("imagenet"), "dataset must be one of", "dataset", None, "--dataset must be one of"),
+        (lambda: TrainConfig(optimizer="lbfgs"), "optimizer must be one of", "optimizer", None,
+         "--optimizer must be one of"),
+        (lambda: make_case("nope", torch.device("cpu"), 8), "case must be one of", "case", None, "--case must be one of"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(11))
+def test_library_errors_name_arguments_and_scripts_name_flags(i: int) -> None:
+    from landscape.errors import LandscapeError, as_flags
+
+    call, starts, argument, flags, flagged = _library_cases()[i]
+    with pytest.raises(LandscapeError) as e:
+        call()
+    msg = str(e.value)
+    assert msg.startswith(starts) and "\n" not in msg, msg
+    assert not flagged.startswith("--") or flagged.split()[0] not in msg, msg  # the library does not speak in flags
+    assert e.value.argument == argument
+    assert as_flags(e.value, flags).startswith(flagged), as_flags(e.value, flags)
+
+
+def test_a_script_with_its_own_flag_names_translates_them(script, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        script("plot_trajectory").main(["--model_folder", "/nonexistent/snaps", "--final", "/nonexistent/final.pt"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --model_folder '/nonexistent/snaps' is not a folder; point it at the snapshots of "
+                   "scripts/train.py --save-every K"], err

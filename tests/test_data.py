@@ -20,7 +20,7 @@ import landscape.sources.data as data_module
 from landscape.sources.data import (DATASETS, DEFAULT_NORMALIZATION, IMAGENET_NORMALIZATION, JPEG_ARCHIVES, NORMALIZATIONS,
                             Normalization, cache_dir, check_normalization, jpeg_cache_path, load_dataset,
                             resolve_normalization)
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, as_flags
 from landscape.storage import read_surface
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"  # beside the clone, if at all
@@ -100,8 +100,9 @@ def test_subset(digits) -> None:
         assert torch.equal(whole.x, d.x) and torch.equal(whole.y, d.y)
     sub = load_dataset("digits", "train", n_samples=50, seed=1)  # the loader's subset is the same one
     assert torch.equal(sub.x, a.x) and torch.equal(sub.y, a.y)
-    with pytest.raises(LandscapeError, match="--n-samples must be >= 1, got 0"):
+    with pytest.raises(LandscapeError, match="^n_samples must be >= 1, got 0") as e:
         d.subset(0)
+    assert as_flags(e.value) == "--n-samples must be >= 1, got 0"
 
 
 # ------------------------------------------------------------------------------- CIFAR
@@ -504,8 +505,9 @@ def test_cifar10_missing_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "npz"])
 def test_file_datasets_need_data_root(name: str) -> None:
-    with pytest.raises(LandscapeError, match=f"--dataset {name} needs --data-root DIR"):
+    with pytest.raises(LandscapeError, match=f"^dataset {name} needs data_root ") as e:
         load_dataset(name, "train")
+    assert as_flags(e.value).startswith(f"--dataset {name} needs --data-root (the folder")
 
 
 def test_unknown_dataset() -> None:
@@ -556,8 +558,8 @@ def test_normalization_parse(spec: str, mean: tuple, std: tuple) -> None:
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
-    ("imagenett", "--normalization must be one of checkpoint, dataset, imagenet, none or per-channel mean/std"),
-    ("", "--normalization must be one of"),
+    ("imagenett", "normalization must be one of checkpoint, dataset, imagenet, none or per-channel mean/std"),
+    ("", "normalization must be one of"),
     ("0.5,0.5,0.5", "got '0.5,0.5,0.5'"),
     ("0.5/0.2/0.1", "got '0.5/0.2/0.1'"),
     ("a,b,c/1,1,1", "got 'a,b,c/1,1,1'"),
@@ -587,7 +589,7 @@ def test_resolve_normalization() -> None:
     assert resolve_normalization("imagenet", "digits", ckpt_norm)[0] == IMAGENET_NORMALIZATION
     assert resolve_normalization("none", "cifar10", ckpt_norm)[0] is None
     assert resolve_normalization("1,2,3/4,5,6", "cifar10", ckpt_norm)[0] == Normalization((1, 2, 3), (4, 5, 6))
-    with pytest.raises(LandscapeError, match="--normalization dataset: npz has no default statistics"):
+    with pytest.raises(LandscapeError, match="normalization 'dataset': npz has no default statistics"):
         resolve_normalization("dataset", "npz", None)
     with pytest.raises(LandscapeError, match="normalization metadata .* is not"):
         resolve_normalization(None, "cifar10", {"mu": [0.5]})

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from landscape.errors import LandscapeError
+from landscape.errors import LandscapeError, as_flags
 from landscape.grid import Axis, Grid
 
 
@@ -29,7 +29,9 @@ def test_axis_parse_errors_are_one_line(spec, words):
     with pytest.raises(LandscapeError) as e:
         Axis.parse(spec, "y")
     msg = str(e.value)
-    assert words in msg and "--y" in msg and "\n" not in msg
+    # the library names its argument; the command line shows the flag
+    assert words in msg and msg.startswith("y ") and "--" not in msg and "\n" not in msg
+    assert e.value.argument == "y" and as_flags(e.value).startswith("--y ")
 
 
 def test_grid_points_are_in_row_major_yx_order():

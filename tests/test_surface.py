@@ -207,5 +207,6 @@ def test_mse_loss_matches_the_reference_definition(digits):
     p /= p.sum(1, keepdims=True)
     onehot = np.eye(10)[digits[1].numpy()]
     assert loss == pytest.approx(((p - onehot) ** 2).mean(), rel=1e-6)
-    with pytest.raises(LandscapeError, match="--loss_name"):
+    with pytest.raises(LandscapeError, match="^loss must be one of cross_entropy, mse, got 'hinge'") as e:
         get_loss("hinge")
+    assert as_flags(e.value).startswith("--loss_name must be one of")

@@ -46,7 +46,7 @@ def test_every_optimizer_lowers_the_training_loss(optimizer):
 
 
 def test_bad_optimizer():
-    with pytest.raises(LandscapeError, match="--optimizer"):
+    with pytest.raises(LandscapeError, match="^optimizer must be one of"):
         TrainConfig(optimizer="lbfgs")
 
 

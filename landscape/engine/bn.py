@@ -81,8 +81,8 @@ class BNRecomputeSetter:
         bn_batches(len(x), batch_size)  # fail now on unusable sizes, not at the first point
         self.bns = bn_modules(model)
         if not self.bns:
-            raise LandscapeError("--bn-recompute needs a model with BatchNorm layers that keep running statistics; "
-                                 "this one has none: drop --bn-recompute")
+            raise LandscapeError("bn_data (re-estimating BatchNorm statistics) needs a model with BatchNorm layers "
+                                 "that keep running statistics, and this one has none; drop it", "bn_data")
         self.saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in self.bns]
 
     @property

@@ -390,9 +390,9 @@ class Evaluator:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: Any, loss_fn: LossFn = cross_entropy,
                  batch_size: int | None = None, precision: str = "fp32", metrics: Measures | None = None):
         if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+            raise LandscapeError(f"x has {len(x)} samples but y has {len(y)}; give one target per sample")
         if len(x) == 0:
-            raise LandscapeError("the evaluation set is empty; check --n-samples and the data set")
+            raise LandscapeError("the evaluation set is empty; check n_samples and the data", "n_samples")
         self.model = model
         self.x, self.y = x, y
         self.loss_fn = loss_fn

@@ -105,11 +105,11 @@ class HessianOperator:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy,
                  ignore: str = "biasbn", batch_size: int | None = None, method: str = "auto"):
         if method not in HVP_METHODS:
-            raise LandscapeError(f"--hvp must be one of {', '.join(HVP_METHODS)}, got {method!r}")
+            raise LandscapeError(f"method must be one of {', '.join(HVP_METHODS)}, got {method!r}", "method")
         if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+            raise LandscapeError(f"x has {len(x)} samples but y has {len(y)}; give one target per sample")
         if len(x) == 0:
-            raise LandscapeError("the curvature data set is empty; check --hessian-samples and the data set")
+            raise LandscapeError("the curvature data set is empty (x has no samples); give it at least one")
         pairs = hessian_parameters(model, ignore)
         self.model = model
         self.names = [n for n, _ in pairs]
@@ -118,7 +118,7 @@ class HessianOperator:
         default = DEFAULT_HVP_BATCH if x.device.type == "cpu" else DEFAULT_HVP_BATCH_CUDA
         self.batch_size = min(len(x), default) if batch_size is None else batch_size
         if self.batch_size < 1:
-            raise LandscapeError(f"--batch-size must be >= 1, got {batch_size}")
+            raise LandscapeError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
         self.method = method
         self.dim = sum(p.numel() for p in self.params)
         self.count = 0  # Hessian-vector products so far
@@ -560,11 +560,11 @@ def curvature_directions(model: nn.Module, axes: Sequence[str], op: HessianOpera
     """
     for a in axes:
         if a not in AXIS_KINDS:
-            raise LandscapeError(f"--xdir/--ydir must be one of {', '.join(AXIS_KINDS)}, got {a!r}")
+            raise LandscapeError(f"axes must each be one of {', '.join(AXIS_KINDS)}, got {a!r}", "axes")
     if len(axes) not in (1, 2):
         raise ValueError(f"a map has 1 or 2 axes, got {len(axes)}")
     if scale not in SCALES:
-        raise LandscapeError(f"--hessian-scale must be one of {', '.join(SCALES)}, got {scale!r}")
+        raise LandscapeError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}", "scale")
     named = [(n, p.detach()) for n, p in model.named_parameters()]
     ws = [w for _, w in named]
     g = torch.Generator().manual_seed(seed)

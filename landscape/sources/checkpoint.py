@@ -81,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Chec
     """Load a checkpoint file onto the CPU and unwrap its state_dict."""
     path = Path(path)
     if not path.is_file():
-        raise LandscapeError(f"checkpoint {str(path)!r} does not exist; check the --ckpt/--model_file path")
+        raise LandscapeError(f"checkpoint {str(path)!r} does not exist; check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # torch raises several types for foreign or damaged files

@@ -68,14 +68,14 @@ class Normalization:
             mean, std = (tuple(float(v) for v in part.split(",")) for part in parts)
         except ValueError:
             raise LandscapeError(
-                f"--normalization must be one of {', '.join(NORMALIZATIONS)} or per-channel "
-                f"mean/std like 0.485,0.456,0.406/0.229,0.224,0.225; got {spec!r}"
+                f"normalization must be one of {', '.join(NORMALIZATIONS)} or per-channel "
+                f"mean/std like 0.485,0.456,0.406/0.229,0.224,0.225; got {spec!r}", "normalization"
             ) from None
         if len(mean) != len(std):
-            raise LandscapeError(f"--normalization {spec!r} has {len(mean)} means but {len(std)} stds; "
-                                 "give one of each per channel")
+            raise LandscapeError(f"normalization {spec!r} has {len(mean)} means but {len(std)} stds; "
+                                 "give one of each per channel", "normalization")
         if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
-            raise LandscapeError(f"--normalization {spec!r} needs finite means and positive finite stds")
+            raise LandscapeError(f"normalization {spec!r} needs finite means and positive finite stds", "normalization")
         return cls(mean, std)
 
 
@@ -126,8 +126,9 @@ def resolve_normalization(spec: str | None, dataset: str,
         return None, f"neither the checkpoint nor {dataset} has statistics"
     if spec == "dataset":
         if dataset not in DEFAULT_NORMALIZATION:
-            raise LandscapeError(f"--normalization dataset: {dataset} has no default statistics (only "
-                                 f"{', '.join(DEFAULT_NORMALIZATION)} do); pass imagenet, none or m1,m2,m3/s1,s2,s3")
+            raise LandscapeError(f"normalization 'dataset': {dataset} has no default statistics (only "
+                                 f"{', '.join(DEFAULT_NORMALIZATION)} do); pass imagenet, none or m1,m2,m3/s1,s2,s3",
+                                 "normalization")
         return DEFAULT_NORMALIZATION[dataset], f"the {dataset} training-set statistics (--normalization dataset)"
     if spec == "imagenet":
         return IMAGENET_NORMALIZATION, "ImageNet statistics (--normalization imagenet)"
@@ -169,7 +170,7 @@ class TensorData:
 def _subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded random subset of n out of total (n < total)."""
     if n < 1:
-        raise LandscapeError(f"--n-samples must be >= 1, got {n}")
+        raise LandscapeError(f"n_samples must be >= 1, got {n}", "n_samples")
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=g)[:n].sort().values
 
@@ -194,7 +195,7 @@ def load_dataset(
     elif name == "npz":
         x, y, note = _npz(split, _need_root(name, root))
     else:
-        raise LandscapeError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+        raise LandscapeError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}", "dataset")
     y = np.asarray(y)
     whole = len(y)
     if n_samples is not None and n_samples < len(y):  # the same subset as TensorData.subset, taken before
@@ -205,7 +206,7 @@ def load_dataset(
 
 def _need_root(name: str, root: str | Path | None) -> Path:
     if root is None:
-        raise LandscapeError(f"--dataset {name} needs --data-root DIR (the folder that holds the {name} files)")
+        raise LandscapeError(f"dataset {name} needs data_root (the folder that holds the {name} files)", ("dataset", "data_root"))
     return Path(root).expanduser()
 
 
@@ -466,7 +467,7 @@ def _npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     or a folder with `train.npz` / `test.npz`; a JPEG archive (`jpeg`, `offsets`, `y`) also works."""
     path = root / f"{split}.npz" if root.is_dir() else root
     if not path.is_file():
-        raise LandscapeError(f"npz data not found: looked for {path}; pass --data-root FILE.npz or a folder with {split}.npz")
+        raise LandscapeError(f"npz data not found: looked for {path}; set data_root to FILE.npz or a folder with {split}.npz", "data_root")
     with np.load(path, allow_pickle=False) as d:
         for kx, ky in ((f"x_{split}", f"y_{split}"), ("x", "y")):
             if kx in d and ky in d:
