@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
+from landscape.cli import file_stem, OneLineParser, out_stem  # noqa: E402
 from landscape.errors import LandscapeError, as_flags, exit_on_error  # noqa: E402
 from landscape.plot.vtp import surface_to_vtp, vtp_filename  # noqa: E402
 from landscape.storage import read_surface  # noqa: E402
@@ -30,15 +31,8 @@ EXAMPLE = """examples:
 FLAGS = {"metric": "--surf_name"}  # library argument -> flag, where not --<name>
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error:` line, not the usage text."""
-
-    def error(self, message: str):
-        raise LandscapeError(f"{message}; see --help")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--surf_file", "--file", "-f", required=True,
                    help="the surface .h5 file (ours or the reference code's); --file and -f as in the reference")
     p.add_argument("--surf_name", default="train_loss",
@@ -60,17 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def output_path(args: argparse.Namespace) -> Path:
     """`<out>/<name>_<surf_name>[_zmax<Z>][_log][_interp<N>].vtp`."""
-    surf_file = Path(args.surf_file)
-    name = args.name
-    if name is None:
-        name = surf_file.stem if surf_file.suffix == ".h5" else surf_file.name
-    elif not name or Path(name).name != name or name in (".", ".."):
-        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
-    folder = surf_file.parent if args.out is None else Path(args.out)
-    if folder.is_file() or (args.out is not None and folder.suffix == ".vtp"):
-        raise LandscapeError(f"--out {args.out} names a file, but --out is the folder of the .vtp file; pass "
-                             f"--out {folder.parent} --name {folder.stem}")
-    return folder / vtp_filename(name, args.surf_name, zmax=args.zmax, log=args.log, interp=args.interp)
+    stem = out_stem(args.out, args.name, Path(args.surf_file).parent, file_stem(args.surf_file),
+                    "the folder of the .vtp file", (".vtp",))
+    return stem.parent / vtp_filename(stem.name, args.surf_name, zmax=args.zmax, log=args.log, interp=args.interp)
 
 
 @exit_on_error

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from landscape.cli import check_name, OneLineParser  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.storage import SurfaceLock, merge_surfaces, read_surface, write_surface  # noqa: E402
 
@@ -33,13 +34,8 @@ EXAMPLE = """examples:
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-\d+-of-\d+(?P<suffix>\.[^.]+)$")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise LandscapeError(f"{message}; see --help")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", nargs="+", help="shard files (or partial surfaces of the same job)")
     p.add_argument("--out", default=None, metavar="FOLDER", help="folder for the merged file (default: the shards')")
     p.add_argument("--name", default=None, metavar="STEM",
@@ -67,8 +63,7 @@ def merged_file(args: argparse.Namespace, shard: Path) -> Path:
         raise LandscapeError(f"--out {args.out} names a file, but --out is the merged file's folder; "
                              f"pass --surf_file {args.out} to name the file")
     if args.name is not None:
-        if not args.name or Path(args.name).name != args.name or args.name in (".", ".."):
-            raise LandscapeError(f"--name {args.name!r} is a file name stem, not a path; give the folder with --out")
+        check_name(args.name)
         if Path(args.name).suffix in (".h5", ".hdf5"):
             raise LandscapeError(f"--name {args.name} has the suffix; give the stem: --name {Path(args.name).stem}")
         return folder / (args.name + (shard.suffix or ".h5"))

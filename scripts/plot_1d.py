@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
+from landscape.cli import file_stem, out_stem  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.plot.surface import has_display, plot_surface_figures, surface_figures  # noqa: E402
 from landscape.storage import read_surface  # noqa: E402
@@ -42,27 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def figure_stem(surf_file: str, out: str | None, name: str | None) -> Path:
-    """`<out>/<name>`: --out (default: the surface file's folder), --name (default: its stem without .h5)."""
-    path = Path(surf_file)
-    if name is None:
-        name = path.stem if path.suffix == ".h5" else path.name
-    elif not name or Path(name).name != name or name in (".", ".."):
-        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
-    folder = path.parent if out is None else Path(out)
-    if folder.is_file() or (out is not None and folder.suffix in (".png", ".pdf")):
-        raise LandscapeError(f"--out {out} names a file, but --out is the figures' folder; pass --out "
-                             f"{folder.parent} --name {folder.stem}")
-    return folder / name
-
-
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     surf = read_surface(args.surf_file)
     if surf.ndim != 1:
         raise LandscapeError(f"{args.surf_file!r} holds a 2-D surface; plot it with scripts/plot_2d.py")
-    out = figure_stem(args.surf_file, args.out, args.name)
+    out = out_stem(args.out, args.name, Path(args.surf_file).parent, file_stem(args.surf_file),
+                   "the figures' folder")
     kw = dict(log=args.log, loss_max=args.loss_max, acc_min=args.acc_min, xlim=(args.xmin, args.xmax))
     for p in plot_surface_figures(surf, out, **kw):
         print(p)

@@ -183,15 +183,10 @@ def _titles(args: argparse.Namespace, paths: list[str]) -> list[str]:
 def compare_stem(args: argparse.Namespace) -> Path:
     """`<out>/<name>` of the --compare/--compare-spectra figures: --out (default: the first stored file's
     folder), --name (default: the first stored file's name + _compare)."""
+    from landscape.cli import out_stem
+
     first = Path((args.compare or args.compare_spectra)[0])
-    name = args.name if args.name is not None else f"{first.stem}_compare"
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
-    folder = first.parent if args.out is None else Path(args.out)
-    if folder.is_file() or (args.out is not None and folder.suffix in (".png", ".pdf")):
-        raise LandscapeError(f"--out {args.out} names a file, but --out is the figures' folder; pass --out "
-                             f"{folder.parent} --name {folder.stem}")
-    return folder / name
+    return out_stem(args.out, args.name, first.parent, f"{first.stem}_compare", "the figures' folder")
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from landscape.distributed import PeerError, Shard, dist_info  # noqa: E402
 from landscape.engine import EngineOptions  # noqa: E402
 from landscape.engine.evaluate import LOSSES, keep_freed_memory  # noqa: E402
 from landscape.engine.hardware import PRECISION_CHOICES  # noqa: E402
+from landscape.cli import OneLineParser  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.grid import Axis  # noqa: E402
 from landscape.sampling import SamplingPlan  # noqa: E402
@@ -58,13 +59,6 @@ DEFAULT_GRID = "-1:1:25"
 SAMPLING_VMAX, SAMPLING_VLEVEL = 10.0, 0.5
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one `error:` line (a LandscapeError), not the usage text."""
-
-    def error(self, message: str):
-        raise LandscapeError(f"{message}; see --help")
-
-
 _NEGATIVE = re.compile(r"^-\.?\d")
 
 
@@ -79,7 +73,7 @@ def _check_negative_values(argv: list[str]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     _check_negative_values(argv)
-    p = _Parser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--ckpt", "--model_file", dest="ckpt", default=None,
                    help="checkpoint (.pt/.pth/.th/.t7); default: the bundled digits ResNet-20")

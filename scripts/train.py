@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import landscape  # noqa: E402
 from landscape.sources.checkpoint import save_checkpoint  # noqa: E402
 from landscape.sources.data import DATASETS, DEFAULT_NORMALIZATION, load_dataset  # noqa: E402
+from landscape.cli import check_name  # noqa: E402
 from landscape.errors import LandscapeError, exit_on_error  # noqa: E402
 from landscape.models import get_model  # noqa: E402
 from landscape.surface import resolve_device  # noqa: E402
@@ -61,8 +62,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
         raise LandscapeError(f"--out {args.out} names a file, but --out is the checkpoint's folder; pass --out "
                              f"{folder.parent} --name {folder.stem}")
     name = args.name if args.name is not None else f"{args.dataset}_{args.model}"
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise LandscapeError(f"--name {name!r} is a file name stem, not a path; give the folder with --out")
+    check_name(name)
     if Path(name).suffix in CHECKPOINT_SUFFIXES:
         raise LandscapeError(f"--name {name} has the suffix; give the stem: --name {Path(name).stem}")
     return folder / f"{name}.pt"

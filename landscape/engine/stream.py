@@ -103,6 +103,14 @@ class StreamEvaluator:
             raise TypeError("the sample count is known after the first pass")
         return self.n_samples
 
+    def _prepare(self, batch: Any) -> tuple[Any, Any, int]:
+        """A batch on the device, its input in the engine's memory order: (inputs, targets, size)."""
+        inputs, targets = split_batch(batch)
+        inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
+        if isinstance(inputs, torch.Tensor):
+            inputs = input_layout(inputs, self.channels_last)
+        return inputs, targets, batch_len(inputs, targets)
+
     def block_sums(self, setter: PointSetter | None, points: Sequence[Sequence[float]]) -> tuple[torch.Tensor, int]:
         """One pass over the data for every point: float64 sums (len(points), len(metric_names), 2)
         as in `Evaluator.sums`, and the sample count. `setter=None`: the current weights (one point).
@@ -117,11 +125,7 @@ class StreamEvaluator:
         if setter is not None and k == 1:
             setter.set(points[0])
         for batch in self.data:
-            inputs, targets = split_batch(batch)
-            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            if isinstance(inputs, torch.Tensor):
-                inputs = input_layout(inputs, self.channels_last)
-            nb = batch_len(inputs, targets)
+            inputs, targets, nb = self._prepare(batch)
             with eval_mode(self.device, self.precision):
                 for i in range(k):
                     if k > 1:
@@ -149,11 +153,7 @@ class StreamEvaluator:
             ks = [k for k in range(len(points)) if active(k)]
             if not ks:
                 break
-            inputs, targets = split_batch(batch)
-            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            if isinstance(inputs, torch.Tensor):
-                inputs = input_layout(inputs, self.channels_last)
-            nb = batch_len(inputs, targets)
+            inputs, targets, nb = self._prepare(batch)
             with eval_mode(self.device, self.precision):
                 for k in ks:
                     if moved != k:
